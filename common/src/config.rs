@@ -1,0 +1,521 @@
+//! Typed configuration: one TOML file plus `LETHE__SECTION__KEY` environment overrides.
+//!
+//! Every daemon reads the same file and takes the sections it needs, so an operator keeps one
+//! file per deployment. Unknown keys are refused (a typo must not silently fall back to a
+//! default), and an error names the key and the source it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::telemetry::TelemetrySettings;
+
+/// Environment variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "LETHE_CONFIG";
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "LETHE__";
+
+/// Everything a Lethe daemon can be configured with. Each daemon uses the sections it needs and
+/// checks their presence with [`Settings::require`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Path of the data map, relative to the configuration file.
+    pub data_map: Option<PathBuf>,
+    /// Logging.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// Keyed hashing of identifiers.
+    pub privacy: Option<PrivacySettings>,
+    /// The NATS server and the names of Lethe's streams on it.
+    pub nats: NatsSettings,
+    /// The ledger database (PostgreSQL). Needed by the api, backup and retention daemons only.
+    pub ledger: Option<LedgerSettings>,
+    /// Lethe's own S3 bucket (exports, backups, staging).
+    pub s3: Option<S3Settings>,
+    /// The api daemon.
+    #[serde(default = "ApiSettings::default")]
+    pub api: ApiSettings,
+    /// The eraser daemon.
+    #[serde(default = "WorkerSettings::eraser")]
+    pub eraser: WorkerSettings,
+    /// The exporter daemon.
+    #[serde(default = "WorkerSettings::exporter")]
+    pub exporter: WorkerSettings,
+    /// The backup daemon.
+    #[serde(default = "WorkerSettings::backup")]
+    pub backup: WorkerSettings,
+    /// The retention daemon.
+    #[serde(default = "WorkerSettings::retention")]
+    pub retention: WorkerSettings,
+    /// Directory of the configuration file, against which relative paths are resolved.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Keyed hashing of identifiers, so logs and minimised ledger rows can refer to a subject
+/// without holding the identifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// HMAC-SHA256 key; at least 32 characters.
+    pub hash_key: SecretString,
+}
+
+/// Where NATS is and how Lethe's streams and consumers are shaped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Prefix of every subject, stream and consumer name; lets several deployments (or tests)
+    /// share one server without seeing each other's messages.
+    #[serde(default = "NatsSettings::default_prefix")]
+    pub prefix: String,
+    /// Optional credentials file (NATS `.creds`).
+    pub credentials_file: Option<PathBuf>,
+    /// How long the first connection may take before start-up fails.
+    #[serde(
+        default = "NatsSettings::default_connect_timeout",
+        with = "humantime_serde"
+    )]
+    pub connect_timeout: Duration,
+    /// Replicas of each stream (3 in a clustered deployment).
+    #[serde(default = "NatsSettings::default_replicas")]
+    pub replicas: usize,
+    /// Maximum age of a task message: tasks carry identifiers, so they must not linger.
+    #[serde(
+        default = "NatsSettings::default_task_max_age",
+        with = "humantime_serde"
+    )]
+    pub task_max_age: Duration,
+    /// Maximum age of an event on the events stream.
+    #[serde(
+        default = "NatsSettings::default_event_max_age",
+        with = "humantime_serde"
+    )]
+    pub event_max_age: Duration,
+    /// Window in which JetStream drops a message whose `Nats-Msg-Id` it has already stored.
+    #[serde(
+        default = "NatsSettings::default_duplicate_window",
+        with = "humantime_serde"
+    )]
+    pub duplicate_window: Duration,
+    /// Deliveries of one task before it is dead-lettered.
+    #[serde(default = "NatsSettings::default_max_deliver")]
+    pub max_deliver: i64,
+    /// How long a worker may hold a task without acknowledging or signalling progress.
+    #[serde(default = "NatsSettings::default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Unacknowledged tasks one durable consumer hands out at once, across all its processes.
+    #[serde(default = "NatsSettings::default_max_ack_pending")]
+    pub max_ack_pending: i64,
+}
+
+impl NatsSettings {
+    fn default_prefix() -> String {
+        "lethe".to_owned()
+    }
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_replicas() -> usize {
+        1
+    }
+    fn default_task_max_age() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
+    }
+    fn default_event_max_age() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
+    }
+    fn default_duplicate_window() -> Duration {
+        Duration::from_secs(2 * 3600)
+    }
+    fn default_max_deliver() -> i64 {
+        10
+    }
+    fn default_ack_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_max_ack_pending() -> i64 {
+        1000
+    }
+}
+
+/// The ledger database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// PostgreSQL URL; may hold a password, so it is never printed.
+    pub url: SecretString,
+    /// Pool size.
+    #[serde(default = "LedgerSettings::default_max_connections")]
+    pub max_connections: u32,
+    /// How long start-up waits for the database.
+    #[serde(
+        default = "LedgerSettings::default_connect_timeout",
+        with = "humantime_serde"
+    )]
+    pub connect_timeout: Duration,
+}
+
+impl LedgerSettings {
+    fn default_max_connections() -> u32 {
+        16
+    }
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+/// When the S3 client adds checksums to requests and checks them on responses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMode {
+    /// Only where the operation requires one: what most S3-compatible servers support.
+    #[default]
+    WhenRequired,
+    /// On every request that supports one (AWS's default).
+    WhenSupported,
+}
+
+/// An S3-compatible object store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint URL; unset means AWS S3 itself.
+    pub endpoint: Option<String>,
+    /// Region.
+    #[serde(default = "S3Settings::default_region")]
+    pub region: String,
+    /// Lethe's bucket.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: SecretString,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default = "S3Settings::default_path_style")]
+    pub force_path_style: bool,
+    /// Checksums on requests and responses.
+    #[serde(default)]
+    pub checksums: ChecksumMode,
+}
+
+impl S3Settings {
+    fn default_region() -> String {
+        "us-east-1".to_owned()
+    }
+    fn default_path_style() -> bool {
+        true
+    }
+}
+
+/// The api daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Address of the HTTP API (which also serves `/healthz`, `/readyz` and `/metrics`).
+    #[serde(default = "ApiSettings::default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "ApiSettings::default_body_limit")]
+    pub body_limit_bytes: usize,
+    /// How long in-flight HTTP requests may take to finish on shutdown.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Ed25519 seed (32 bytes, base64) that signs erasure receipts. Keep it: receipts signed
+    /// with a lost key can no longer be checked against the published key.
+    pub receipt_signing_key: Option<SecretString>,
+    /// How long a checked API key is trusted without asking the ledger again (a revoked key
+    /// keeps working for at most this long).
+    #[serde(
+        default = "ApiSettings::default_key_cache_ttl",
+        with = "humantime_serde"
+    )]
+    pub key_cache_ttl: Duration,
+    /// Results the coordinator applies at once.
+    #[serde(default = "ApiSettings::default_coordinator_concurrency")]
+    pub coordinator_concurrency: usize,
+    /// Time a webhook endpoint has to answer.
+    #[serde(
+        default = "ApiSettings::default_webhook_timeout",
+        with = "humantime_serde"
+    )]
+    pub webhook_timeout: Duration,
+}
+
+impl ApiSettings {
+    fn default_key_cache_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_coordinator_concurrency() -> usize {
+        16
+    }
+    fn default_webhook_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    fn default_body_limit() -> usize {
+        64 * 1024
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: Self::default_listen(),
+            body_limit_bytes: Self::default_body_limit(),
+            drain_timeout: default_drain_timeout(),
+            receipt_signing_key: None,
+            key_cache_ttl: Self::default_key_cache_ttl(),
+            coordinator_concurrency: Self::default_coordinator_concurrency(),
+            webhook_timeout: Self::default_webhook_timeout(),
+        }
+    }
+}
+
+/// A worker daemon (eraser, exporter, backup, retention).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// The stores this process serves; empty means every store of the data map. An eraser next
+    /// to one isolated store names only that store and holds only its credentials.
+    #[serde(default)]
+    pub stores: Vec<String>,
+    /// Tasks handled at once by this process.
+    #[serde(default = "WorkerSettings::default_concurrency")]
+    pub concurrency: usize,
+    /// How long in-flight tasks may take to finish on shutdown; unfinished ones are left
+    /// unacknowledged, so JetStream redelivers them.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl WorkerSettings {
+    fn default_concurrency() -> usize {
+        8
+    }
+    fn with_port(port: u16) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            stores: Vec::new(),
+            concurrency: Self::default_concurrency(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+    fn eraser() -> Self {
+        Self::with_port(9181)
+    }
+    fn exporter() -> Self {
+        Self::with_port(9182)
+    }
+    fn backup() -> Self {
+        Self::with_port(9183)
+    }
+    fn retention() -> Self {
+        Self::with_port(9184)
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A configuration that cannot be used. The message names the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing.
+    #[error("configuration file {path} does not exist (set --config or {CONFIG_ENV})")]
+    Missing {
+        /// The path looked for.
+        path: PathBuf,
+    },
+    /// The file or an override does not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A section the daemon needs is absent.
+    #[error("configuration key `{0}` is required by this daemon but missing")]
+    MissingSection(&'static str),
+}
+
+impl Settings {
+    /// Loads `path`, applies `LETHE__SECTION__KEY` overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let figment = Figment::from(Toml::file(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses settings from a TOML string, without environment overrides (for tests).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let mut settings: Settings = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.base_dir = PathBuf::from(".");
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::nats::Names::new(&self.nats.prefix)
+            .map_err(|e| ConfigError::Invalid(format!("nats.prefix: {e}")))?;
+        if self.nats.max_deliver < 1 {
+            return Err(ConfigError::Invalid(
+                "nats.max_deliver: must be at least 1".into(),
+            ));
+        }
+        if let Some(privacy) = &self.privacy {
+            use secrecy::ExposeSecret;
+            if privacy.hash_key.expose_secret().len() < 32 {
+                return Err(ConfigError::Invalid(
+                    "privacy.hash_key: must be at least 32 characters".into(),
+                ));
+            }
+        }
+        for (name, worker) in [
+            ("eraser", &self.eraser),
+            ("exporter", &self.exporter),
+            ("backup", &self.backup),
+            ("retention", &self.retention),
+        ] {
+            if worker.concurrency == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}.concurrency: must be at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ledger section, or an error naming it.
+    pub fn require_ledger(&self) -> Result<&LedgerSettings, ConfigError> {
+        self.ledger
+            .as_ref()
+            .ok_or(ConfigError::MissingSection("ledger"))
+    }
+
+    /// The S3 section, or an error naming it.
+    pub fn require_s3(&self) -> Result<&S3Settings, ConfigError> {
+        self.s3.as_ref().ok_or(ConfigError::MissingSection("s3"))
+    }
+
+    /// The privacy section, or an error naming it.
+    pub fn require_privacy(&self) -> Result<&PrivacySettings, ConfigError> {
+        self.privacy
+            .as_ref()
+            .ok_or(ConfigError::MissingSection("privacy"))
+    }
+
+    /// The data map's path, resolved against the configuration file's directory.
+    pub fn data_map_path(&self) -> Result<PathBuf, ConfigError> {
+        let path = self
+            .data_map
+            .as_ref()
+            .ok_or(ConfigError::MissingSection("data_map"))?;
+        Ok(self.base_dir.join(path))
+    }
+}
+
+/// Figment's messages already name the key and the file or variable it came from; this only
+/// puts the key first so the line reads well on its own.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (from {} {source})", m.name),
+                    // An override: name the very variable, which figment does not.
+                    None if m.name.contains("environment") && !e.path.is_empty() => format!(
+                        " (from environment variable {ENV_PREFIX}{})",
+                        e.path.join("__").to_ascii_uppercase()
+                    ),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("key `{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [nats]
+        url = "nats://127.0.0.1:4222"
+    "#;
+
+    #[test]
+    fn minimal_configuration_takes_defaults() {
+        let settings = Settings::from_toml(MINIMAL).unwrap();
+        assert_eq!(settings.nats.prefix, "lethe");
+        assert_eq!(settings.eraser.listen.port(), 9181);
+        assert!(settings.ledger.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_and_named() {
+        let err = Settings::from_toml(&format!("{MINIMAL}\nprefixx = \"x\"\n")).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("prefixx"), "{message}");
+    }
+
+    #[test]
+    fn nested_unknown_key_names_its_section() {
+        let text = "[nats]\nurl = \"nats://x\"\nreplicaz = 3\n";
+        let message = Settings::from_toml(text).unwrap_err().to_string();
+        assert!(message.contains("nats"), "{message}");
+        assert!(message.contains("replicaz"), "{message}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        let text = format!(
+            "{MINIMAL}\n[ledger]\nurl = \"postgres://u:hunter2@db/lethe\"\n[privacy]\nhash_key = \"{}\"\n",
+            "k".repeat(40)
+        );
+        let settings = Settings::from_toml(&text).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("kkkkkkkk"), "{printed}");
+    }
+
+    #[test]
+    fn bad_prefix_is_refused() {
+        let text = "[nats]\nurl = \"nats://x\"\nprefix = \"Bad.Prefix\"\n";
+        let message = Settings::from_toml(text).unwrap_err().to_string();
+        assert!(message.contains("nats.prefix"), "{message}");
+    }
+}

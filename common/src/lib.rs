@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+
+pub mod cli;
+pub mod config;
+pub mod connectors;
+pub mod daemon;
+pub mod datamap;
+pub mod ids;
+pub mod ledger;
+pub mod messages;
+pub mod nats;
+pub mod ops;
+pub mod privacy;
+pub mod s3;
+pub mod shutdown;
+pub mod stores;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Settings;

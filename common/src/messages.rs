@@ -1,0 +1,286 @@
+//! The JSON bodies that travel on Lethe's subjects: tasks for the workers, their results for
+//! the coordinator, and events for outside consumers.
+//!
+//! Tasks carry identifiers (the worker needs them to find the subject's data) and therefore
+//! live only on the work-queue stream, whose messages have a bounded age. Results carry counts
+//! and derived identities (again work-queue, bounded). Events carry ids and counts only.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RequestId, StoreName, TenantId};
+
+/// A subject's identifiers by identity name (`email`, `user_id`, ...), each with one or more
+/// values. Never logged.
+pub type Identities = BTreeMap<String, Vec<String>>;
+
+/// What a task asks a worker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Find the identities a store derives from the ones given (email -> user_id).
+    Resolve,
+    /// Delete or mask the subject's data in a store.
+    Erase,
+    /// Write the subject's data in a store to the export staging area.
+    Collect,
+    /// Put every store's collected fragments into one archive.
+    Assemble,
+    /// Change named fields of the subject's data.
+    Rectify,
+    /// Mark the subject's data as restricted (Art. 18).
+    Restrict,
+    /// Lift a restriction.
+    LiftRestriction,
+    /// Record an objection to processing (Art. 21).
+    Object,
+    /// Lift an objection.
+    LiftObjection,
+}
+
+impl TaskKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [TaskKind; 9] = [
+        TaskKind::Resolve,
+        TaskKind::Erase,
+        TaskKind::Collect,
+        TaskKind::Assemble,
+        TaskKind::Rectify,
+        TaskKind::Restrict,
+        TaskKind::LiftRestriction,
+        TaskKind::Object,
+        TaskKind::LiftObjection,
+    ];
+
+    /// The name used in subjects, message ids and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Resolve => "resolve",
+            TaskKind::Erase => "erase",
+            TaskKind::Collect => "collect",
+            TaskKind::Assemble => "assemble",
+            TaskKind::Rectify => "rectify",
+            TaskKind::Restrict => "restrict",
+            TaskKind::LiftRestriction => "lift_restriction",
+            TaskKind::Object => "object",
+            TaskKind::LiftObjection => "lift_objection",
+        }
+    }
+
+    /// The subject family a task of this kind is published on (`<prefix>.<family>.<store>`).
+    pub fn family(self) -> &'static str {
+        match self {
+            TaskKind::Resolve => "resolve",
+            TaskKind::Erase => "erase",
+            TaskKind::Collect | TaskKind::Assemble => "export",
+            TaskKind::Rectify => "rectify",
+            TaskKind::Restrict
+            | TaskKind::LiftRestriction
+            | TaskKind::Object
+            | TaskKind::LiftObjection => "restrict",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One unit of work for one store, published by the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskMessage {
+    /// The request this task belongs to.
+    pub request_id: RequestId,
+    /// What to do.
+    pub task: TaskKind,
+    /// The store to do it in; absent for `assemble`, which spans every store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreName>,
+    /// The subject's identities, where the task needs them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub identities: Identities,
+    /// Task-specific parameters (rectification's field changes, an export's recipient
+    /// certificate, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
+    /// Incremented when the coordinator issues the same task again after a failure, so the
+    /// new message is not dropped as a duplicate of the old one.
+    #[serde(default)]
+    pub generation: u32,
+    /// When the coordinator issued it.
+    pub issued_at: DateTime<Utc>,
+}
+
+impl TaskMessage {
+    /// The `Nats-Msg-Id` of this task: `<request_id>.<task>.<store>[.<generation>]`, so a
+    /// task published twice (a relay retry, two coordinators) reaches a worker once.
+    pub fn message_id(&self) -> String {
+        message_id(
+            self.request_id,
+            self.task,
+            self.store.as_ref(),
+            self.generation,
+        )
+    }
+}
+
+/// The de-duplication id shared by a task and its result.
+pub fn message_id(
+    request_id: RequestId,
+    task: TaskKind,
+    store: Option<&StoreName>,
+    generation: u32,
+) -> String {
+    let store = store.map_or("all", StoreName::as_str);
+    if generation == 0 {
+        format!("{request_id}.{task}.{store}")
+    } else {
+        format!("{request_id}.{task}.{store}.{generation}")
+    }
+}
+
+/// What a worker reports for one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResult {
+    /// The request.
+    pub request_id: RequestId,
+    /// The task kind.
+    pub task: TaskKind,
+    /// The store, as in the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreName>,
+    /// The task's generation, as in the task.
+    #[serde(default)]
+    pub generation: u32,
+    /// Done or failed.
+    pub outcome: TaskOutcome,
+    /// How many times JetStream delivered the task.
+    pub deliveries: u32,
+    /// When the worker finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+impl TaskResult {
+    /// The `Nats-Msg-Id` of this result.
+    pub fn message_id(&self) -> String {
+        format!(
+            "{}.result",
+            message_id(
+                self.request_id,
+                self.task,
+                self.store.as_ref(),
+                self.generation
+            )
+        )
+    }
+}
+
+/// The end of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskOutcome {
+    /// The store committed the work.
+    Done(TaskReport),
+    /// The task cannot succeed (or ran out of deliveries); the request fails with this reason.
+    Failed {
+        /// Stable machine-readable code.
+        code: String,
+        /// Explanation for operators; never holds an identifier.
+        reason: String,
+    },
+}
+
+/// What a finished task did, by collection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskReport {
+    /// Rows, keys or objects affected, per collection.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
+    /// After an erasure: matches still found when the store was queried again (0 certifies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    /// Identities derived by a `resolve` task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub derived: Identities,
+    /// Bytes written (exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Object written (exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_key: Option<String>,
+}
+
+/// A status change, for outside consumers. Ids and counts only, never identifiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// What happened, e.g. `request.completed`, `task.dead_lettered`, `retention.run`.
+    pub kind: String,
+    /// The request concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+    /// The tenant concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    /// Counts that go with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
+    /// Free-form detail without identifiers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_message_round_trips_and_refuses_unknown_fields() {
+        let task = TaskMessage {
+            request_id: RequestId::new(),
+            task: TaskKind::Erase,
+            store: Some(StoreName::parse("accounts").unwrap()),
+            identities: Identities::from([("email".into(), vec!["a@example.com".into()])]),
+            params: serde_json::Value::Null,
+            generation: 0,
+            issued_at: Utc::now(),
+        };
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(
+            serde_json::from_value::<TaskMessage>(json.clone()).unwrap(),
+            task
+        );
+        let mut tampered = json;
+        tampered["surprise"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<TaskMessage>(tampered).is_err());
+    }
+
+    #[test]
+    fn message_ids_follow_the_contract() {
+        let id = RequestId::new();
+        let store = StoreName::parse("chat").unwrap();
+        assert_eq!(
+            message_id(id, TaskKind::Erase, Some(&store), 0),
+            format!("{id}.erase.chat")
+        );
+        assert_eq!(
+            message_id(id, TaskKind::Assemble, None, 2),
+            format!("{id}.assemble.all.2")
+        );
+    }
+
+    #[test]
+    fn outcomes_are_tagged_by_status() {
+        let done = TaskOutcome::Done(TaskReport::default());
+        assert_eq!(serde_json::to_value(&done).unwrap()["status"], "done");
+    }
+}

@@ -1,0 +1,470 @@
+//! The subscription loop every worker shares: pull tasks from a durable consumer, hand each to
+//! a [`Handler`], and map its outcome onto JetStream acknowledgements.
+//!
+//! The rules it enforces:
+//! - a task is acknowledged only after the handler returned (the store committed) **and** its
+//!   result was stored on the results stream; a crash anywhere before leaves the task
+//!   unacknowledged, so JetStream delivers it again (handlers are idempotent);
+//! - long work keeps its lease with `Progress` heartbeats;
+//! - a passing failure is `Nak`ed with an exponential delay; on the last allowed delivery it is
+//!   reported failed instead, so the coordinator marks the request failed rather than losing it;
+//! - a task that cannot succeed is reported failed and `Term`inated;
+//! - a message that cannot even be decoded is copied to the dead-letter stream and terminated,
+//!   and the loop goes on;
+//! - on shutdown it stops pulling, lets in-flight tasks finish within the drain timeout, and
+//!   leaves the rest unacknowledged.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::Message;
+use async_nats::jetstream::consumer::PullConsumer;
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::messages::{TaskMessage, TaskOutcome, TaskReport, TaskResult};
+use crate::nats::{Publisher, TRACEPARENT, Traceparent, retry_delay};
+
+/// Why a task did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A passing failure (store unreachable, lock timeout): deliver the task again later.
+    #[error("transient: {0:#}")]
+    Transient(anyhow::Error),
+    /// The task cannot succeed as it stands: report it failed with this reason.
+    #[error("{code}: {reason}")]
+    Permanent {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Explanation for operators. Must never hold an identifier.
+        reason: String,
+    },
+}
+
+/// Does the work of one task. Implementations must be idempotent: JetStream delivers a task
+/// again whenever its acknowledgement did not arrive.
+pub trait Handler: Send + Sync + 'static {
+    /// Carries out `task`.
+    fn handle(
+        &self,
+        task: TaskMessage,
+    ) -> impl Future<Output = Result<TaskReport, TaskError>> + Send;
+}
+
+/// Whether the loop runs until shutdown or returns once the consumer has nothing left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Until the shutdown token is cancelled (daemons).
+    UntilShutdown,
+    /// Until no task is pending or in flight (tests and one-shot runs).
+    UntilIdle,
+}
+
+/// How the loop behaves.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// Tasks handled at once.
+    pub concurrency: usize,
+    /// Time in-flight tasks get to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Deliveries before a task is reported failed (the consumer's `max_deliver`).
+    pub max_deliver: i64,
+    /// The consumer's ack wait; heartbeats go out at a third of it.
+    pub ack_wait: Duration,
+    /// How long one pull waits for tasks to arrive.
+    pub poll: Duration,
+}
+
+/// A consumer, a handler, and the rules above.
+pub struct WorkerLoop<H> {
+    name: String,
+    consumer: PullConsumer,
+    handler: Arc<H>,
+    publisher: Publisher,
+    settings: LoopSettings,
+}
+
+/// The loop could not go on.
+#[derive(Debug, thiserror::Error)]
+#[error("worker loop {name} failed: {source}")]
+pub struct LoopError {
+    name: String,
+    source: async_nats::Error,
+}
+
+impl<H: Handler> WorkerLoop<H> {
+    /// A loop named `name` (the durable's name, used in logs and metrics).
+    pub fn new(
+        name: impl Into<String>,
+        consumer: PullConsumer,
+        handler: Arc<H>,
+        publisher: Publisher,
+        settings: LoopSettings,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            consumer,
+            handler,
+            publisher,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown` (or idleness, in [`RunMode::UntilIdle`]), then drains.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        mode: RunMode,
+    ) -> Result<(), LoopError> {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut in_flight = JoinSet::new();
+        let context = Arc::new(TaskContext {
+            name: self.name.clone(),
+            handler: self.handler.clone(),
+            publisher: self.publisher.clone(),
+            settings: self.settings.clone(),
+        });
+        tracing::info!(consumer = %self.name, "worker loop started");
+        while !shutdown.is_cancelled() {
+            while in_flight.try_join_next().is_some() {}
+            let first = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let wanted = permits.available_permits() + 1;
+            let batch = self
+                .consumer
+                .batch()
+                .max_messages(wanted)
+                .expires(self.settings.poll)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    drop(first);
+                    tracing::warn!(consumer = %self.name, error = %error, "cannot pull tasks; retrying");
+                    pause(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut received = 0usize;
+            let mut first = Some(first);
+            while let Some(message) = batch.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(consumer = %self.name, error = %error, "pull interrupted");
+                        break;
+                    }
+                };
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                received += 1;
+                in_flight.spawn(context.clone().process(message, permit));
+            }
+            drop(first);
+            if received == 0 && mode == RunMode::UntilIdle && in_flight.is_empty() {
+                match self.consumer.info().await {
+                    Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(consumer = %self.name, error = %error, "cannot read consumer state");
+                    }
+                }
+            }
+        }
+        self.drain(in_flight).await;
+        Ok(())
+    }
+
+    async fn drain(&self, mut in_flight: JoinSet<()>) {
+        if in_flight.is_empty() {
+            return;
+        }
+        tracing::info!(consumer = %self.name, tasks = in_flight.len(), "waiting for in-flight tasks");
+        let finished = tokio::time::timeout(self.settings.drain_timeout, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                consumer = %self.name,
+                tasks = in_flight.len(),
+                "drain timeout: abandoning unfinished tasks unacknowledged; JetStream will deliver them again"
+            );
+            in_flight.abort_all();
+        }
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {},
+        () = shutdown.cancelled() => {},
+    }
+}
+
+struct TaskContext<H> {
+    name: String,
+    handler: Arc<H>,
+    publisher: Publisher,
+    settings: LoopSettings,
+}
+
+impl<H: Handler> TaskContext<H> {
+    async fn process(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
+        let deliveries = message
+            .info()
+            .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let trace = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(TRACEPARENT))
+            .and_then(|v| v.as_str().parse::<Traceparent>().ok());
+        let task: TaskMessage = match serde_json::from_slice(&message.payload) {
+            Ok(task) => task,
+            Err(error) => {
+                self.dead_letter(&message, &describe_decode_error(&error))
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "task",
+            consumer = %self.name,
+            request.id = %task.request_id,
+            task.kind = %task.task,
+            task.store = task.store.as_ref().map_or("-", |s| s.as_str()),
+            delivery = deliveries,
+            trace.id = trace.map(|t| t.trace_id()).unwrap_or_default(),
+        );
+        self.process_task(message, task, deliveries, trace)
+            .instrument(span)
+            .await;
+    }
+
+    async fn process_task(
+        &self,
+        message: Message,
+        task: TaskMessage,
+        deliveries: u32,
+        trace: Option<Traceparent>,
+    ) {
+        let started = Instant::now();
+        // A guard, so the heartbeat also stops when this future is aborted at the drain
+        // timeout: otherwise it would hold the lease of an abandoned task forever.
+        let heartbeat = self.heartbeat(&message).drop_guard();
+        let outcome = self.handler.handle(task.clone()).await;
+        drop(heartbeat);
+        let elapsed = started.elapsed();
+        metrics::histogram!("lethe_task_duration_seconds", "consumer" => self.name.clone(), "kind" => task.task.as_str())
+            .record(elapsed.as_secs_f64());
+
+        let (result, ack, label) = match outcome {
+            Ok(report) => (Some(TaskOutcome::Done(report)), AckKind::Ack, "done"),
+            Err(TaskError::Permanent { code, reason }) => {
+                tracing::warn!(code, reason = %reason, "task cannot succeed; reporting it failed");
+                (
+                    Some(TaskOutcome::Failed {
+                        code: code.to_owned(),
+                        reason,
+                    }),
+                    AckKind::Term,
+                    "failed",
+                )
+            }
+            Err(TaskError::Transient(error)) => {
+                if i64::from(deliveries) >= self.settings.max_deliver {
+                    tracing::error!(error = %format!("{error:#}"), "task failed on its last delivery; reporting it failed");
+                    (
+                        Some(TaskOutcome::Failed {
+                            code: "retries_exhausted".to_owned(),
+                            reason: format!(
+                                "gave up after {deliveries} deliveries: {}",
+                                error_summary(&error)
+                            ),
+                        }),
+                        AckKind::Term,
+                        "failed",
+                    )
+                } else {
+                    let delay = retry_delay(deliveries);
+                    tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "task failed; will retry");
+                    (None, AckKind::Nak(Some(delay)), "retry")
+                }
+            }
+        };
+
+        if let Some(outcome) = result {
+            let result = TaskResult {
+                request_id: task.request_id,
+                task: task.task,
+                store: task.store.clone(),
+                generation: task.generation,
+                outcome,
+                deliveries,
+                finished_at: Utc::now(),
+            };
+            let child = trace.map(|t| t.child());
+            if let Err(error) = self.publisher.result(&result, child.as_ref()).await {
+                // The work is done but nobody knows: leave the task to be delivered again
+                // (the handler is idempotent) rather than acknowledge an unreported result.
+                tracing::warn!(error = %error, "cannot publish the result; the task will be delivered again");
+                self.acknowledge(&message, AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => task.task.as_str(), "outcome" => "unreported").increment(1);
+                return;
+            }
+        }
+        self.acknowledge(&message, ack).await;
+        metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => task.task.as_str(), "outcome" => label).increment(1);
+        tracing::info!(
+            outcome = label,
+            duration_ms = elapsed.as_millis() as u64,
+            "task handled"
+        );
+    }
+
+    /// Sends `Progress` at a third of the ack wait until cancelled, so long work keeps its
+    /// lease instead of being delivered to another worker.
+    fn heartbeat(&self, message: &Message) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let every = (self.settings.ack_wait / 3).max(Duration::from_millis(100));
+        let reply = message.reply.clone();
+        let client = message.context.client();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let Some(reply) = reply else { return };
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(every) => {
+                        let progress: bytes::Bytes = AckKind::Progress.into();
+                        if client.publish(reply.clone(), progress).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        stop
+    }
+
+    async fn acknowledge(&self, message: &Message, kind: AckKind) {
+        if let Err(error) = message.ack_with(kind).await {
+            tracing::warn!(error = %error, "cannot acknowledge; JetStream will deliver the task again");
+        }
+    }
+
+    /// Keeps an undecodable message on the dead-letter stream for inspection, then terminates
+    /// it so it stops blocking the queue.
+    async fn dead_letter(&self, message: &Message, reason: &str) {
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        tracing::error!(
+            consumer = %self.name,
+            stream.sequence = sequence,
+            reason,
+            "undecodable task; moved to the dead-letter stream"
+        );
+        let names = self.publisher.names();
+        let subject = names.dead_subject(&self.name);
+        let message_id = format!("{}.{sequence}", self.name);
+        if let Err(error) = self
+            .publisher
+            .publish_raw(subject, &message_id, None, message.payload.clone())
+            .await
+        {
+            tracing::warn!(error = %error, "cannot store the dead letter; leaving the message for redelivery");
+            return;
+        }
+        let event = crate::messages::Event {
+            kind: "task.dead_lettered".to_owned(),
+            request_id: None,
+            tenant_id: None,
+            counts: Default::default(),
+            detail: Some(format!(
+                "consumer {} stream sequence {sequence}: {reason}",
+                self.name
+            )),
+            at: Utc::now(),
+        };
+        if let Err(error) = self.publisher.event(&event).await {
+            tracing::warn!(error = %error, "cannot publish the dead-letter event");
+        }
+        metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => "unknown", "outcome" => "dead_lettered").increment(1);
+        self.acknowledge(message, AckKind::Term).await;
+    }
+}
+
+/// Describes a decoding error by its class and position only: serde's own message can quote
+/// the offending value, which may be an identifier.
+fn describe_decode_error(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let class = match error.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not JSON",
+        Category::Data => "JSON of the wrong shape",
+        Category::Eof => "truncated JSON",
+    };
+    format!(
+        "body is {class} (line {}, column {})",
+        error.line(),
+        error.column()
+    )
+}
+
+/// The outermost context of an error, which handlers keep free of identifiers.
+fn error_summary(error: &anyhow::Error) -> String {
+    error.to_string()
+}
+
+/// The entry of `served` for the task's store, or a permanent failure naming the store: a
+/// task for a store this process does not serve cannot succeed here.
+pub fn served_store<'a, T>(
+    served: &'a std::collections::BTreeMap<crate::ids::StoreName, T>,
+    task: &TaskMessage,
+    daemon: &str,
+) -> Result<&'a T, TaskError> {
+    task.store
+        .as_ref()
+        .and_then(|name| served.get(name))
+        .ok_or_else(|| TaskError::Permanent {
+            code: "unknown_store",
+            reason: format!(
+                "this {daemon} does not serve store `{}`",
+                task.store.as_ref().map_or("-", |s| s.as_str())
+            ),
+        })
+}
+
+/// A handler for a daemon whose consumer carries run commands rather than request tasks:
+/// every task is refused as unsupported.
+pub struct NoTasks(pub &'static str);
+
+impl Handler for NoTasks {
+    async fn handle(&self, task: TaskMessage) -> Result<TaskReport, TaskError> {
+        Err(TaskError::Permanent {
+            code: "unsupported_task",
+            reason: format!(
+                "the {} daemon does not carry out `{}` tasks",
+                self.0, task.task
+            ),
+        })
+    }
+}
