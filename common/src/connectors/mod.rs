@@ -1,0 +1,307 @@
+//! Store connectors: what resolve, erase, rectify, restrict and object tasks do in one store,
+//! set-based over every identity value of the task (DESIGN §2, §3).
+//!
+//! One [`Connector`] per served store, built from its data-map entry and its (lazy)
+//! connection:
+//!
+//! - **SQL** (PostgreSQL, MariaDB/MySQL): one transaction per task. Erasure masks the rows of
+//!   masked collections first, then deletes in foreign-key order (children first, from the live
+//!   schema), each step one statement over all the subject's values
+//!   (`DELETE ... WHERE col = ANY($1)` / `IN (?, ...)`), values always bound, identifiers from
+//!   the data map quoted. Before any change, the store's own derivations are followed
+//!   (`users.email -> users.id`), so a task that names the subject by email only still finds
+//!   the rows other collections of the same store hold under the user id.
+//! - **Redis**: the data map's key templates rendered for every combination of the task's
+//!   values; erasure `UNLINK`s them in one atomic pipeline (no `SCAN`).
+//! - **S3**: every object under the rendered prefixes, deleted 1,000 per request.
+//!
+//! After an erasure every store is queried again; a task whose store still holds matches is a
+//! [`TaskError::Transient`] failure (retried), never a report of success: `remaining` of a done
+//! erasure is always zero.
+//!
+//! Nothing here writes an identifier to a log line or an error message: errors name the store,
+//! the collection and what was being done, and carry SQLSTATEs or S3 error codes rather than the
+//! servers' own messages (which can quote values).
+
+mod mysql;
+mod postgres;
+mod redis;
+mod s3;
+mod sql;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::datamap::{Store, placeholders, render};
+use crate::ids::StoreName;
+use crate::messages::{Identities, TaskReport};
+use crate::privacy::IdentityHasher;
+use crate::stores::{ServedStore, StoreConnection};
+use crate::worker::TaskError;
+
+/// Most keys, prefixes or identity values one task may name in one store: a bound on the work
+/// a malformed task can ask for.
+const MAX_VALUES: usize = 10_000;
+
+/// Which processing flag a restriction-family task sets or lifts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    /// Restriction of processing (Art. 18): the data map's `restrict`.
+    Restrict,
+    /// Objection to processing (Art. 21): the data map's `object`.
+    Object,
+}
+
+impl Flag {
+    /// `restrict` or `object`, as in the data map.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Restrict => "restrict",
+            Flag::Object => "object",
+        }
+    }
+}
+
+/// What the live schema check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaCheck {
+    /// The data map fits the store (or the store kind has no schema to check).
+    Fits,
+    /// Every mismatch, each naming the data-map place and the table or column.
+    Problems(Vec<String>),
+}
+
+/// A store whose data-map entry and connection do not go together (a bug in the caller).
+#[derive(Debug, thiserror::Error)]
+#[error("store `{0}`: its connection is not of the kind its data-map entry names")]
+pub struct KindMismatch(pub StoreName);
+
+/// Carries out tasks in one store.
+pub struct Connector {
+    store: StoreName,
+    inner: Inner,
+}
+
+enum Inner {
+    Postgres(sql::SqlConnector<postgres::PgBackend>),
+    Mysql(sql::SqlConnector<mysql::MySqlBackend>),
+    Redis(Box<self::redis::RedisConnector>),
+    S3(Box<self::s3::S3Connector>),
+}
+
+impl Connector {
+    /// A connector for `served`; `hasher` keys the `hash` mask.
+    pub fn new(served: &ServedStore, hasher: IdentityHasher) -> Result<Self, KindMismatch> {
+        let store = served.name.clone();
+        let inner = match (&served.store, &served.connection) {
+            (Store::Postgres(sql), StoreConnection::Postgres(pool)) => {
+                Inner::Postgres(sql::SqlConnector::new(
+                    store.clone(),
+                    postgres::PgBackend::new(pool.clone()),
+                    sql.collections.clone(),
+                    hasher,
+                ))
+            }
+            (Store::Mysql(sql), StoreConnection::Mysql(pool)) => {
+                Inner::Mysql(sql::SqlConnector::new(
+                    store.clone(),
+                    mysql::MySqlBackend::new(pool.clone()),
+                    sql.collections.clone(),
+                    hasher,
+                ))
+            }
+            (Store::Redis(spec), StoreConnection::Redis(handle)) => Inner::Redis(Box::new(
+                self::redis::RedisConnector::new(store.clone(), handle.clone(), spec.clone()),
+            )),
+            (Store::S3(spec), StoreConnection::S3(client)) => Inner::S3(Box::new(
+                self::s3::S3Connector::new(store.clone(), client.clone(), spec.clone()),
+            )),
+            _ => return Err(KindMismatch(store)),
+        };
+        Ok(Self { store, inner })
+    }
+
+    /// The store's name.
+    pub fn store(&self) -> &StoreName {
+        &self.store
+    }
+
+    /// Checks the data map against the live schema (SQL stores: tables and columns exist, key
+    /// and mask columns have fitting types) and remembers what it learnt (column types, the
+    /// foreign-key order of deletions). Key-value and object stores always fit. An unreachable
+    /// store is a [`TaskError::Transient`] error; the check is then made on the first task.
+    pub async fn check_schema(&self) -> Result<SchemaCheck, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.check_schema().await,
+            Inner::Mysql(c) => c.check_schema().await,
+            Inner::Redis(_) | Inner::S3(_) => Ok(SchemaCheck::Fits),
+        }
+    }
+
+    /// Finds the identities the store derives from the given ones (`email -> user_id`),
+    /// following its derivations to a fixed point. `derived` holds every value found, `counts`
+    /// the rows found per providing collection.
+    pub async fn resolve(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.resolve(identities).await,
+            Inner::Mysql(c) => c.resolve(identities).await,
+            Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
+        }
+    }
+
+    /// Deletes or masks every record of the subject, then queries the store again. `counts`
+    /// holds the rows, keys or objects deleted or masked per collection (zero for retained
+    /// collections and for a subject already erased); `remaining` is always `Some(0)`: matches
+    /// left after the erasure make the task fail transiently instead.
+    pub async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.erase(identities).await,
+            Inner::Mysql(c) => c.erase(identities).await,
+            Inner::Redis(c) => c.erase(identities).await,
+            Inner::S3(c) => c.erase(identities).await,
+        }
+    }
+
+    /// Sets the rectifiable fields named in `changes` (field name -> new value; `null` clears)
+    /// on the subject's rows, in every collection that declares them. Fields this store does not
+    /// declare are left to other stores. `counts` holds the rows changed per collection (rows
+    /// that already hold the new values are not counted).
+    pub async fn rectify(
+        &self,
+        identities: &Identities,
+        changes: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<TaskReport, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.rectify(identities, changes).await,
+            Inner::Mysql(c) => c.rectify(identities, changes).await,
+            Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
+        }
+    }
+
+    /// Sets (`value = true`) or lifts a restriction or objection on the subject's records.
+    /// `counts` holds the records whose flag changed.
+    pub async fn set_flag(
+        &self,
+        identities: &Identities,
+        flag: Flag,
+        value: bool,
+    ) -> Result<TaskReport, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.set_flag(identities, flag, value).await,
+            Inner::Mysql(c) => c.set_flag(identities, flag, value).await,
+            Inner::Redis(c) => c.set_flag(identities, flag, value).await,
+            Inner::S3(_) => Ok(TaskReport::default()),
+        }
+    }
+}
+
+/// The values of one identity worth looking for: non-blank, each once, in order. A blank value
+/// would match every row whose column is empty.
+pub(crate) fn usable_values(values: &[String]) -> Vec<&str> {
+    let mut seen = BTreeSet::new();
+    values
+        .iter()
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+        .filter(|v| seen.insert(*v))
+        .collect()
+}
+
+/// Every rendering of `template` with the task's values: one per combination of the values of
+/// its placeholders. Empty if a placeholder has no usable value.
+pub(crate) fn render_all(template: &str, identities: &Identities) -> Vec<String> {
+    let Ok(mut names) = placeholders(template) else {
+        return Vec::new();
+    };
+    names.sort();
+    names.dedup();
+    let mut lists: Vec<(&str, Vec<&str>)> = Vec::with_capacity(names.len());
+    for name in &names {
+        let values = identities
+            .get(name)
+            .map(|v| usable_values(v))
+            .unwrap_or_default();
+        if values.is_empty() {
+            return Vec::new();
+        }
+        lists.push((name.as_str(), values));
+    }
+    let mut combinations: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new()];
+    for (name, values) in &lists {
+        let mut next = Vec::with_capacity(combinations.len() * values.len());
+        for combination in &combinations {
+            for value in values {
+                let mut extended = combination.clone();
+                extended.insert(name, value);
+                next.push(extended);
+            }
+        }
+        combinations = next;
+        if combinations.len() > MAX_VALUES {
+            // Refused by the caller, which sees more renderings than it accepts.
+            break;
+        }
+    }
+    let mut rendered: Vec<String> = combinations
+        .iter()
+        .filter_map(|values| render(template, values))
+        .collect();
+    rendered.sort();
+    rendered.dedup();
+    rendered
+}
+
+/// The error of a task that names more values than [`MAX_VALUES`].
+pub(crate) fn too_many(store: &StoreName, what: &str) -> TaskError {
+    TaskError::Permanent {
+        code: "too_many_identities",
+        reason: format!(
+            "store `{store}`: the task names more than {MAX_VALUES} {what}; split the request"
+        ),
+    }
+}
+
+/// The error of an erasure after which the store still holds matches.
+pub(crate) fn still_holds(store: &StoreName, remaining: u64, collections: &[String]) -> TaskError {
+    TaskError::Transient(anyhow::anyhow!(
+        "store `{store}` still holds {remaining} matching record(s) after the erasure (in {}); \
+         the task will run again",
+        collections.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(pairs: &[(&str, &[&str])]) -> Identities {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn templates_render_for_every_combination_of_values() {
+        let identities = ids(&[("user_id", &["1", "2", "1"]), ("email", &["a@x", " "])]);
+        assert_eq!(
+            render_all("s:{user_id}", &identities),
+            vec!["s:1".to_owned(), "s:2".to_owned()]
+        );
+        assert_eq!(
+            render_all("{email}/{user_id}/", &identities),
+            vec!["a@x/1/".to_owned(), "a@x/2/".to_owned()]
+        );
+        assert!(render_all("p:{phone}", &identities).is_empty());
+    }
+
+    #[test]
+    fn blank_values_are_never_used() {
+        let values = vec![
+            String::new(),
+            "  ".to_owned(),
+            "7".to_owned(),
+            "7".to_owned(),
+        ];
+        assert_eq!(usable_values(&values), vec!["7"]);
+    }
+}

@@ -1,0 +1,193 @@
+//! S3: every object under the data map's prefix templates rendered for the task's values,
+//! listed page by page and deleted 1,000 per request.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+
+use super::{MAX_VALUES, render_all, still_holds, too_many};
+use crate::datamap::S3Store;
+use crate::ids::StoreName;
+use crate::messages::{Identities, TaskReport};
+use crate::worker::TaskError;
+
+/// The most keys one `DeleteObjects` request takes.
+const DELETE_BATCH: usize = 1_000;
+
+/// An S3 bucket.
+pub(crate) struct S3Connector {
+    store: StoreName,
+    client: aws_sdk_s3::Client,
+    spec: S3Store,
+}
+
+impl S3Connector {
+    pub(crate) fn new(store: StoreName, client: aws_sdk_s3::Client, spec: S3Store) -> Self {
+        Self {
+            store,
+            client,
+            spec,
+        }
+    }
+
+    /// Classifies an SDK error by its kind, HTTP status and S3 error code only: the request
+    /// (and so a message quoting it) holds the subject's prefix.
+    fn error<E: ProvideErrorMetadata, R>(&self, action: &str, error: &SdkError<E, R>) -> TaskError {
+        let place = format!(
+            "store `{}`, bucket `{}`: {action} failed",
+            self.store, self.spec.bucket
+        );
+        let transient =
+            |detail: &str| TaskError::Transient(anyhow::anyhow!("{detail}").context(place.clone()));
+        match error {
+            SdkError::TimeoutError(_) => transient("timed out"),
+            SdkError::DispatchFailure(_) => transient("cannot reach the S3 endpoint"),
+            SdkError::ResponseError(_) => transient("unreadable response"),
+            SdkError::ConstructionFailure(_) => TaskError::Permanent {
+                code: "store_config",
+                reason: format!("{place}: the request could not be built"),
+            },
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("unknown").to_owned();
+                let retryable = matches!(
+                    code.as_str(),
+                    "SlowDown"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "RequestTimeout"
+                        | "RequestTimeTooSkewed"
+                );
+                if retryable {
+                    transient(&format!("S3 error {code}"))
+                } else {
+                    TaskError::Permanent {
+                        code: "store_error",
+                        reason: format!("{place}: S3 error {code}"),
+                    }
+                }
+            }
+            _ => transient("S3 client error"),
+        }
+    }
+
+    /// The subject's prefixes per template.
+    fn prefixes(&self, identities: &Identities) -> Result<Vec<(String, Vec<String>)>, TaskError> {
+        // A value holding `/` would reach into a folder the template does not name (a user id
+        // `7/x` into user 7's subfolder): such values cannot be the subject's here.
+        let identities: Identities = identities
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.iter().filter(|v| !v.contains('/')).cloned().collect(),
+                )
+            })
+            .collect();
+        let mut all = Vec::with_capacity(self.spec.prefixes.len());
+        let mut total = 0;
+        for template in &self.spec.prefixes {
+            let prefixes = render_all(template, &identities);
+            total += prefixes.len();
+            if total > MAX_VALUES {
+                return Err(too_many(&self.store, "prefixes"));
+            }
+            all.push((template.clone(), prefixes));
+        }
+        Ok(all)
+    }
+
+    async fn list(&self, prefix: &str, action: &str) -> Result<Vec<String>, TaskError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.spec.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(action, &e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), TaskError> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| TaskError::Permanent {
+                    code: "store_error",
+                    reason: format!("store `{}`: cannot build a delete request", self.store),
+                })?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|_| TaskError::Permanent {
+                    code: "store_error",
+                    reason: format!("store `{}`: cannot build a delete request", self.store),
+                })?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.spec.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.error("deleting objects", &e))?;
+            if let Some(first) = out.errors().first() {
+                return Err(TaskError::Transient(anyhow::anyhow!(
+                    "store `{}`, bucket `{}`: {} of {} objects not deleted ({})",
+                    self.store,
+                    self.spec.bucket,
+                    out.errors().len(),
+                    batch.len(),
+                    first.code().unwrap_or("unknown error")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+        let prefixes = self.prefixes(identities)?;
+        let mut counts = BTreeMap::new();
+        for (template, prefixes) in &prefixes {
+            let mut deleted = 0u64;
+            for prefix in prefixes {
+                let keys = self.list(prefix, "listing objects").await?;
+                self.delete(&keys).await?;
+                deleted += keys.len() as u64;
+            }
+            counts.insert(template.clone(), deleted);
+        }
+        let mut remaining = 0u64;
+        let mut names = Vec::new();
+        for (template, prefixes) in &prefixes {
+            let mut left = 0u64;
+            for prefix in prefixes {
+                left += self.list(prefix, "verifying the erasure").await?.len() as u64;
+            }
+            if left > 0 {
+                names.push(format!("{template}: {left}"));
+            }
+            remaining += left;
+        }
+        if remaining > 0 {
+            return Err(still_holds(&self.store, remaining, &names));
+        }
+        Ok(TaskReport {
+            counts,
+            remaining: Some(0),
+            ..TaskReport::default()
+        })
+    }
+}

@@ -1,0 +1,72 @@
+#![doc = include_str!("../README.md")]
+
+mod handler;
+mod schema;
+
+use std::sync::Arc;
+
+use lethe_common::Settings;
+use lethe_common::daemon::WorkerDaemon;
+use lethe_common::datamap::DataMap;
+use lethe_common::nats::Durable;
+use lethe_common::ops::Readiness;
+use lethe_common::privacy::IdentityHasher;
+use lethe_common::stores;
+use lethe_common::worker::{RunMode, WorkerLoop};
+use tokio_util::sync::CancellationToken;
+
+pub use handler::Eraser;
+pub use schema::SchemaMismatch;
+
+/// The eraser daemon, built and ready to run.
+pub struct App {
+    daemon: WorkerDaemon,
+    loops: Vec<WorkerLoop<Eraser>>,
+    readiness: Readiness,
+    mode: RunMode,
+    eraser: Arc<Eraser>,
+}
+
+impl App {
+    /// Loads the data map, sets up the served stores, checks the data map against their live
+    /// schemas (every mismatch is listed in the error; a store that is down is checked on its
+    /// first task instead), connects to NATS and binds one durable consumer per store.
+    pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
+        let map = Arc::new(DataMap::load(&settings.data_map_path()?)?);
+        let hasher = IdentityHasher::new(settings.require_privacy()?.hash_key.clone());
+        let served = stores::served(&map, &settings.eraser.stores, settings)?;
+        let eraser = Arc::new(Eraser::new(served.clone(), map.clone(), hasher)?);
+        schema::check_all(eraser.connectors()).await?;
+        let daemon = WorkerDaemon::start("eraser", settings, &settings.eraser).await?;
+        let mut loops = Vec::with_capacity(served.len());
+        for store in &served {
+            let durable = Durable::Eraser(store.name.clone());
+            loops.push(daemon.worker_loop(durable, eraser.clone(), mode).await?);
+        }
+        let readiness = stores::readiness(&served, Readiness::new());
+        Ok(Self {
+            daemon,
+            loops,
+            readiness,
+            mode,
+            eraser,
+        })
+    }
+
+    /// The task handler, shared by every loop (to read how many tasks it handled).
+    pub fn eraser(&self) -> Arc<Eraser> {
+        self.eraser.clone()
+    }
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub fn ops_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.daemon.local_addr()
+    }
+
+    /// Runs until `shutdown` is cancelled (or until idle), then drains in-flight tasks.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.daemon
+            .run(self.loops, self.readiness, shutdown, self.mode)
+            .await
+    }
+}
