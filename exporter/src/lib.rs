@@ -1,0 +1,80 @@
+#![doc = include_str!("../README.md")]
+
+mod handler;
+
+use std::sync::Arc;
+
+use lethe_common::Settings;
+use lethe_common::daemon::WorkerDaemon;
+use lethe_common::datamap::DataMap;
+use lethe_common::nats::Durable;
+use lethe_common::ops::Readiness;
+use lethe_common::worker::{RunMode, WorkerLoop};
+use lethe_common::{s3, stores};
+use tokio_util::sync::CancellationToken;
+
+pub use handler::Exporter;
+
+/// The exporter daemon, built and ready to run.
+pub struct App {
+    daemon: WorkerDaemon,
+    loops: Vec<WorkerLoop<Exporter>>,
+    readiness: Readiness,
+    mode: RunMode,
+}
+
+impl App {
+    /// Loads the data map, sets up the served stores and Lethe's bucket, connects to NATS and
+    /// binds the collect consumers (one per store) and the assemble consumer.
+    pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
+        let map = DataMap::load(&settings.data_map_path()?)?;
+        let served = stores::served(&map, &settings.exporter.stores, settings)?;
+        let s3_settings = settings.require_s3()?;
+        let bucket_client = s3::client(s3_settings);
+        s3::ensure_bucket(&bucket_client, &s3_settings.bucket).await?;
+        let daemon = WorkerDaemon::start("exporter", settings, &settings.exporter).await?;
+        let exporter = Arc::new(Exporter::new(served.clone()));
+        let mut loops = Vec::with_capacity(served.len() + 1);
+        for store in &served {
+            let durable = Durable::Exporter(store.name.clone());
+            loops.push(daemon.worker_loop(durable, exporter.clone(), mode).await?);
+        }
+        loops.push(
+            daemon
+                .worker_loop(Durable::Assembler, exporter.clone(), mode)
+                .await?,
+        );
+        let bucket = s3_settings.bucket.clone();
+        let readiness = stores::readiness(&served, Readiness::new()).check("s3", move || {
+            let client = bucket_client.clone();
+            let bucket = bucket.clone();
+            async move {
+                client
+                    .head_bucket()
+                    .bucket(bucket)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())
+            }
+        });
+        Ok(Self {
+            daemon,
+            loops,
+            readiness,
+            mode,
+        })
+    }
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub fn ops_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.daemon.local_addr()
+    }
+
+    /// Runs until `shutdown` is cancelled (or until idle), then drains in-flight tasks.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.daemon
+            .run(self.loops, self.readiness, shutdown, self.mode)
+            .await
+    }
+}
