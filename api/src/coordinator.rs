@@ -1,0 +1,444 @@
+//! The coordinator: consumes task results, records them, and moves each request through its
+//! phases (DESIGN §2). Every result is applied in one ledger transaction that holds the
+//! request's row lock, so any number of api processes can consume results side by side, and a
+//! result delivered twice (or for an older generation of a task) changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use chrono::Utc;
+use futures::StreamExt;
+use lethe_common::messages::{Event, Identities, TaskKind, TaskOutcome, TaskResult};
+use lethe_common::nats::{Names, Traceparent};
+use lethe_common::worker::RunMode;
+use serde_json::json;
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{RequestKind, RequestStatus};
+use crate::plan::{Phase, Planner};
+use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
+
+/// Applies results to the ledger.
+#[derive(Clone)]
+pub struct Coordinator {
+    pool: PgPool,
+    planner: Arc<Planner>,
+    names: Names,
+}
+
+/// What applying one result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Recorded; the request may have moved on.
+    Recorded,
+    /// Already recorded, or for a task or request that no longer waits for it.
+    Ignored,
+}
+
+impl Coordinator {
+    /// A coordinator on the ledger `pool`.
+    pub fn new(pool: PgPool, planner: Arc<Planner>, names: Names) -> Self {
+        Self {
+            pool,
+            planner,
+            names,
+        }
+    }
+
+    /// Consumes results until `shutdown` (or idleness), applying up to `concurrency` at once.
+    pub async fn run(
+        &self,
+        mut consumer: PullConsumer,
+        concurrency: usize,
+        shutdown: CancellationToken,
+        mode: RunMode,
+    ) {
+        let poll = match mode {
+            RunMode::UntilShutdown => Duration::from_secs(1),
+            RunMode::UntilIdle => Duration::from_millis(200),
+        };
+        while !shutdown.is_cancelled() {
+            let batch = consumer
+                .batch()
+                .max_messages(concurrency.max(1) * 4)
+                .expires(poll)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot pull results; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                        () = shutdown.cancelled() => {},
+                    }
+                    continue;
+                }
+            };
+            let mut messages = Vec::new();
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "result pull interrupted");
+                        break;
+                    }
+                }
+            }
+            if messages.is_empty() && mode == RunMode::UntilIdle {
+                match consumer.info().await {
+                    Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => return,
+                    _ => continue,
+                }
+            }
+            futures::stream::iter(messages)
+                .for_each_concurrent(concurrency.max(1), |message| self.consume(message))
+                .await;
+        }
+    }
+
+    async fn consume(&self, message: async_nats::jetstream::Message) {
+        let ack = match serde_json::from_slice::<TaskResult>(&message.payload) {
+            Ok(result) => match self.apply(&result).await {
+                Ok(_) => AckKind::Ack,
+                Err(error) => {
+                    tracing::warn!(request.id = %result.request_id, error = %format!("{error:#}"), "cannot apply a result; retrying");
+                    AckKind::Nak(Some(Duration::from_secs(1)))
+                }
+            },
+            Err(_) => {
+                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                tracing::error!(
+                    stream.sequence = sequence,
+                    "undecodable result; dropping it"
+                );
+                AckKind::Term
+            }
+        };
+        if let Err(error) = message.ack_with(ack).await {
+            tracing::warn!(error = %error, "cannot acknowledge a result");
+        }
+    }
+
+    /// Records `result` and moves its request on.
+    pub async fn apply(&self, result: &TaskResult) -> anyhow::Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let request: Option<RequestRow> = sqlx::query_as(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM request WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(result.request_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(mut request) = request else {
+            tracing::warn!(request.id = %result.request_id, "result for an unknown request; ignoring it");
+            return Ok(Applied::Ignored);
+        };
+        let store = store_key(result.store.as_ref());
+        let task: Option<(String, i32)> = sqlx::query_as(
+            "SELECT status, generation FROM task WHERE request_id = $1 AND kind = $2 AND store = $3",
+        )
+        .bind(result.request_id)
+        .bind(result.task.as_str())
+        .bind(&store)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = matches!(&task, Some((status, generation))
+            if status == "queued" && i64::from(*generation) == i64::from(result.generation));
+        if !current {
+            return Ok(Applied::Ignored);
+        }
+
+        let deliveries = i32::try_from(result.deliveries).unwrap_or(i32::MAX);
+        let failure = match &result.outcome {
+            TaskOutcome::Done(report) => {
+                let verified = match (result.task, report.remaining) {
+                    (TaskKind::Erase, Some(left)) if left > 0 => Some(format!(
+                        "store {store}: {left} matching item(s) remain after erasure"
+                    )),
+                    _ => None,
+                };
+                sqlx::query(
+                    "UPDATE task SET status = $4, counts = $5, remaining = $6, attempts = $7,
+                         error = $8, finished_at = $9, updated_at = now()
+                     WHERE request_id = $1 AND kind = $2 AND store = $3",
+                )
+                .bind(result.request_id)
+                .bind(result.task.as_str())
+                .bind(&store)
+                .bind(if verified.is_some() { "failed" } else { "done" })
+                .bind(Json(&report.counts))
+                .bind(
+                    report
+                        .remaining
+                        .map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+                )
+                .bind(deliveries)
+                .bind(&verified)
+                .bind(result.finished_at)
+                .execute(&mut *tx)
+                .await?;
+                if result.task == TaskKind::Resolve && !report.derived.is_empty() {
+                    let merged = merge(request.identities.as_ref().map(|j| &j.0), &report.derived);
+                    sqlx::query("UPDATE request SET identities = $2 WHERE id = $1")
+                        .bind(request.id)
+                        .bind(Json(&merged))
+                        .execute(&mut *tx)
+                        .await?;
+                    request.identities = Some(Json(merged));
+                }
+                requests::audit(
+                    &mut tx,
+                    Some(request.tenant_id),
+                    Some(request.id),
+                    "task.done",
+                    json!({ "task": result.task.as_str(), "store": store, "counts": report.counts, "remaining": report.remaining }),
+                )
+                .await?;
+                verified
+            }
+            TaskOutcome::Failed { code, reason } => {
+                let error = format!("{code}: {reason}");
+                sqlx::query(
+                    "UPDATE task SET status = 'failed', attempts = $4, error = $5, finished_at = $6, updated_at = now()
+                     WHERE request_id = $1 AND kind = $2 AND store = $3",
+                )
+                .bind(result.request_id)
+                .bind(result.task.as_str())
+                .bind(&store)
+                .bind(deliveries)
+                .bind(&error)
+                .bind(result.finished_at)
+                .execute(&mut *tx)
+                .await?;
+                requests::audit(
+                    &mut tx,
+                    Some(request.tenant_id),
+                    Some(request.id),
+                    "task.failed",
+                    json!({ "task": result.task.as_str(), "store": store, "code": code }),
+                )
+                .await?;
+                Some(format!("store {store}: {error}"))
+            }
+        };
+
+        if request.status().is_terminal() {
+            tx.commit().await?;
+            return Ok(Applied::Recorded);
+        }
+        if let Some(reason) = failure {
+            self.fail(&mut tx, &request, &reason).await?;
+        } else {
+            self.advance(&mut tx, &request).await?;
+        }
+        tx.commit().await?;
+        Ok(Applied::Recorded)
+    }
+
+    /// Moves the request to its next phase once every task of the current one is done.
+    async fn advance(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        request: &RequestRow,
+    ) -> anyhow::Result<()> {
+        let phase = request.phase();
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM task WHERE request_id = $1 AND phase = $2 AND status <> 'done'",
+        )
+        .bind(request.id)
+        .bind(phase.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        if open > 0 {
+            if request.status() == RequestStatus::Received {
+                sqlx::query(
+                    "UPDATE request SET status = 'in_progress', updated_at = now() WHERE id = $1",
+                )
+                .bind(request.id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(());
+        }
+        let (next, tasks) = self
+            .planner
+            .after(phase, request.kind(), &request.changed_fields());
+        if next == Phase::Done {
+            return self.complete(tx, request).await;
+        }
+        let identities = request
+            .identities
+            .as_ref()
+            .map(|j| j.0.clone())
+            .unwrap_or_default();
+        let trace = request
+            .traceparent
+            .parse::<Traceparent>()
+            .unwrap_or_else(|_| Traceparent::new_root());
+        requests::insert_tasks(tx, request.id, next, &tasks, 0).await?;
+        let mut outgoing = Outgoing::default();
+        let context = TaskContext {
+            request: request.id,
+            identities: &identities,
+            params: &request.params.0,
+            generation: 0,
+            trace: &trace,
+        };
+        outgoing.tasks(&self.names, context, &tasks)?;
+        outgoing.write(tx).await?;
+        sqlx::query("UPDATE request SET phase = $2, status = 'in_progress', updated_at = now() WHERE id = $1")
+            .bind(request.id)
+            .bind(next.as_str())
+            .execute(&mut **tx)
+            .await?;
+        requests::audit(
+            tx,
+            Some(request.tenant_id),
+            Some(request.id),
+            "request.phase",
+            json!({ "phase": next.as_str(), "tasks": tasks.len() }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        request: &RequestRow,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        sqlx::query(
+            "UPDATE request SET status = 'completed', phase = 'done', completed_at = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(request.id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if request.kind() == RequestKind::Erasure {
+            // The restore replay erases, after a restore, everyone recorded here after the
+            // backup was taken.
+            sqlx::query(
+                "INSERT INTO erasure_log (request_id, tenant_id, identities, identity_hash)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(request.id)
+            .bind(request.tenant_id)
+            .bind(request.identities.as_ref())
+            .bind(&request.identity_hash)
+            .execute(&mut **tx)
+            .await?;
+        }
+        self.finish(tx, request, RequestStatus::Completed, None, now)
+            .await?;
+        let seconds = (now - request.received_at).num_milliseconds() as f64 / 1000.0;
+        metrics::histogram!("lethe_request_duration_seconds", "kind" => request.kind().as_str())
+            .record(seconds);
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        request: &RequestRow,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE request SET status = 'failed', phase = 'done', failure = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(request.id)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task SET status = 'cancelled', updated_at = now() WHERE request_id = $1 AND status IN ('pending', 'queued')",
+        )
+        .bind(request.id)
+        .execute(&mut **tx)
+        .await?;
+        self.finish(tx, request, RequestStatus::Failed, Some(reason), Utc::now())
+            .await
+    }
+
+    /// What every end of a request shares: audit event, outside event, webhook, metric.
+    async fn finish(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        request: &RequestRow,
+        status: RequestStatus,
+        reason: Option<&str>,
+        at: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let event_kind = format!("request.{}", status.as_str());
+        let counts: Vec<(String, Json<BTreeMap<String, u64>>)> = sqlx::query_as(
+            "SELECT store, counts FROM task WHERE request_id = $1 AND status = 'done'",
+        )
+        .bind(request.id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+        for (store, per_collection) in counts {
+            *totals.entry(store).or_default() += per_collection.0.values().sum::<u64>();
+        }
+        requests::audit(
+            tx,
+            Some(request.tenant_id),
+            Some(request.id),
+            &event_kind,
+            json!({ "counts": totals, "reason": reason }),
+        )
+        .await?;
+        let mut outgoing = Outgoing::default();
+        outgoing.event(
+            &self.names,
+            &Event {
+                kind: event_kind.clone(),
+                request_id: Some(request.id),
+                tenant_id: Some(request.tenant_id),
+                counts: totals,
+                detail: reason.map(str::to_owned),
+                at,
+            },
+        )?;
+        outgoing.write(tx).await?;
+        if let Some(url) = &request.callback_url {
+            let payload = json!({
+                "event": event_kind,
+                "request_id": request.id,
+                "kind": request.kind().as_str(),
+                "status": status.as_str(),
+                "failure": reason,
+                "at": at,
+            });
+            sqlx::query(
+                "INSERT INTO webhook_delivery (tenant_id, request_id, url, event, payload) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(request.tenant_id)
+            .bind(request.id)
+            .bind(url)
+            .bind(&event_kind)
+            .bind(Json(payload))
+            .execute(&mut **tx)
+            .await?;
+        }
+        metrics::counter!("lethe_requests_total", "kind" => request.kind().as_str(), "status" => status.as_str()).increment(1);
+        Ok(())
+    }
+}
+
+/// The union of two identity sets, each value once, sorted.
+fn merge(known: Option<&Identities>, derived: &Identities) -> Identities {
+    let mut merged = known.cloned().unwrap_or_default();
+    for (name, values) in derived {
+        let entry = merged.entry(name.clone()).or_default();
+        entry.extend(values.iter().cloned());
+        entry.sort();
+        entry.dedup();
+    }
+    merged
+}

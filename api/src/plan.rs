@@ -1,0 +1,344 @@
+//! Which tasks a request needs, phase by phase, derived from the data map (DESIGN §2).
+//!
+//! 1. **resolve**: stores that derive identities (email -> user_id) are asked first, unless
+//!    the subject already carries every identity they derive;
+//! 2. **act**: one task per concerned store, in parallel; for an erasure, stores that derive
+//!    identities are held back to phase **act_last**, so they are erased only after every
+//!    store that depends on their identities confirmed;
+//! 3. **finalize**: exports are assembled into one archive.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use lethe_common::datamap::{DataMap, Store};
+use lethe_common::ids::StoreName;
+use lethe_common::messages::{Identities, TaskKind};
+
+use crate::model::RequestKind;
+
+/// A phase of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Deriving identities.
+    Resolve,
+    /// Acting in every store (but identity providers, for erasures).
+    Act,
+    /// Erasing the identity providers.
+    ActLast,
+    /// Assembling an export.
+    Finalize,
+    /// Nothing left.
+    Done,
+}
+
+impl Phase {
+    /// The name in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Resolve => "resolve",
+            Phase::Act => "act",
+            Phase::ActLast => "act_last",
+            Phase::Finalize => "finalize",
+            Phase::Done => "done",
+        }
+    }
+
+    /// Parses a ledger value.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "resolve" => Phase::Resolve,
+            "act" => Phase::Act,
+            "act_last" => Phase::ActLast,
+            "finalize" => Phase::Finalize,
+            "done" => Phase::Done,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One task to issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTask {
+    /// What to do.
+    pub kind: TaskKind,
+    /// Where (`None` for assemble).
+    pub store: Option<StoreName>,
+}
+
+/// Plans requests against one data map.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    map: DataMap,
+}
+
+impl Planner {
+    /// A planner for `map`.
+    pub fn new(map: DataMap) -> Self {
+        Self { map }
+    }
+
+    /// The data map.
+    pub fn map(&self) -> &DataMap {
+        &self.map
+    }
+
+    fn providers(&self) -> BTreeMap<&StoreName, BTreeSet<&str>> {
+        self.map
+            .stores
+            .keys()
+            .map(|name| (name, self.map.provided_by(name)))
+            .filter(|(_, provided)| !provided.is_empty())
+            .collect()
+    }
+
+    /// The first phase of a new request and its tasks.
+    pub fn start(
+        &self,
+        kind: RequestKind,
+        identities: &Identities,
+        changes: &BTreeSet<String>,
+    ) -> (Phase, Vec<PlannedTask>) {
+        let missing_derived: Vec<&StoreName> = self
+            .providers()
+            .into_iter()
+            .filter(|(_, provided)| provided.iter().any(|id| !identities.contains_key(*id)))
+            .map(|(name, _)| name)
+            .collect();
+        if missing_derived.is_empty() {
+            self.after(Phase::Resolve, kind, changes)
+        } else {
+            let tasks = missing_derived
+                .into_iter()
+                .map(|store| PlannedTask {
+                    kind: TaskKind::Resolve,
+                    store: Some(store.clone()),
+                })
+                .collect();
+            (Phase::Resolve, tasks)
+        }
+    }
+
+    /// The phase that follows `finished` and its tasks, skipping phases with nothing to do.
+    pub fn after(
+        &self,
+        finished: Phase,
+        kind: RequestKind,
+        changes: &BTreeSet<String>,
+    ) -> (Phase, Vec<PlannedTask>) {
+        let mut phase = finished;
+        loop {
+            phase = match phase {
+                Phase::Resolve => Phase::Act,
+                Phase::Act => Phase::ActLast,
+                Phase::ActLast => Phase::Finalize,
+                Phase::Finalize | Phase::Done => return (Phase::Done, Vec::new()),
+            };
+            let tasks = self.tasks(phase, kind, changes);
+            if !tasks.is_empty() {
+                return (phase, tasks);
+            }
+        }
+    }
+
+    fn tasks(
+        &self,
+        phase: Phase,
+        kind: RequestKind,
+        changes: &BTreeSet<String>,
+    ) -> Vec<PlannedTask> {
+        let providers = self.providers();
+        let on = |kind: TaskKind, stores: Vec<&StoreName>| -> Vec<PlannedTask> {
+            stores
+                .into_iter()
+                .map(|store| PlannedTask {
+                    kind,
+                    store: Some(store.clone()),
+                })
+                .collect()
+        };
+        let all: Vec<&StoreName> = self.map.stores.keys().collect();
+        match (phase, kind) {
+            (Phase::Act, RequestKind::Erasure) => on(
+                TaskKind::Erase,
+                all.into_iter()
+                    .filter(|s| !providers.contains_key(s))
+                    .collect(),
+            ),
+            (Phase::ActLast, RequestKind::Erasure) => {
+                on(TaskKind::Erase, providers.keys().copied().collect())
+            }
+            (Phase::Act, RequestKind::Access | RequestKind::Portability) => {
+                on(TaskKind::Collect, all)
+            }
+            (Phase::Finalize, RequestKind::Access | RequestKind::Portability) => {
+                vec![PlannedTask {
+                    kind: TaskKind::Assemble,
+                    store: None,
+                }]
+            }
+            (Phase::Act, RequestKind::Rectification) => on(
+                TaskKind::Rectify,
+                self.stores_where(|store| match store {
+                    Store::Postgres(sql) | Store::Mysql(sql) => sql
+                        .collections
+                        .iter()
+                        .any(|c| c.rectify.keys().any(|field| changes.contains(field))),
+                    _ => false,
+                }),
+            ),
+            (Phase::Act, RequestKind::Restriction | RequestKind::LiftRestriction) => {
+                let task = if kind == RequestKind::Restriction {
+                    TaskKind::Restrict
+                } else {
+                    TaskKind::LiftRestriction
+                };
+                on(
+                    task,
+                    self.stores_where(|store| match store {
+                        Store::Postgres(sql) | Store::Mysql(sql) => {
+                            sql.collections.iter().any(|c| c.restrict.is_some())
+                        }
+                        Store::Redis(redis) => redis.restrict.is_some(),
+                        Store::S3(_) => false,
+                    }),
+                )
+            }
+            (Phase::Act, RequestKind::Objection | RequestKind::LiftObjection) => {
+                let task = if kind == RequestKind::Objection {
+                    TaskKind::Object
+                } else {
+                    TaskKind::LiftObjection
+                };
+                on(
+                    task,
+                    self.stores_where(|store| match store {
+                        Store::Postgres(sql) | Store::Mysql(sql) => {
+                            sql.collections.iter().any(|c| c.object.is_some())
+                        }
+                        Store::Redis(redis) => redis.object.is_some(),
+                        Store::S3(_) => false,
+                    }),
+                )
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn stores_where(&self, keep: impl Fn(&Store) -> bool) -> Vec<&StoreName> {
+        self.map
+            .stores
+            .iter()
+            .filter(|(_, store)| keep(store))
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = r#"
+        identities = ["email", "user_id"]
+        [stores.accounts]
+        kind = "postgres"
+        url_env = "A"
+        [[stores.accounts.collections]]
+        table = "users"
+        match = { email = "email" }
+        provides = { user_id = "id" }
+        erase = "delete"
+        rectify = { first_name = "first_name" }
+        restrict = { column = "restricted" }
+        [stores.chat]
+        kind = "mysql"
+        url_env = "B"
+        [[stores.chat.collections]]
+        table = "messages"
+        match = { user_id = "author_id" }
+        erase = "delete"
+        [stores.files]
+        kind = "s3"
+        bucket = "f"
+        prefixes = ["a/{user_id}/"]
+    "#;
+
+    fn planner() -> Planner {
+        Planner::new(DataMap::parse(MAP).unwrap())
+    }
+
+    fn stores(tasks: &[PlannedTask]) -> Vec<&str> {
+        tasks
+            .iter()
+            .map(|t| t.store.as_ref().map_or("-", |s| s.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn an_erasure_by_email_resolves_then_erases_dependents_then_the_provider() {
+        let planner = planner();
+        let identities = Identities::from([("email".into(), vec!["x".into()])]);
+        let none = BTreeSet::new();
+        let (phase, tasks) = planner.start(RequestKind::Erasure, &identities, &none);
+        assert_eq!((phase, stores(&tasks)), (Phase::Resolve, vec!["accounts"]));
+        let (phase, tasks) = planner.after(phase, RequestKind::Erasure, &none);
+        assert_eq!((phase, stores(&tasks)), (Phase::Act, vec!["chat", "files"]));
+        assert!(tasks.iter().all(|t| t.kind == TaskKind::Erase));
+        let (phase, tasks) = planner.after(phase, RequestKind::Erasure, &none);
+        assert_eq!((phase, stores(&tasks)), (Phase::ActLast, vec!["accounts"]));
+        assert_eq!(
+            planner.after(phase, RequestKind::Erasure, &none).0,
+            Phase::Done
+        );
+    }
+
+    #[test]
+    fn a_subject_with_every_derived_identity_skips_resolution() {
+        let identities = Identities::from([("user_id".into(), vec!["7".into()])]);
+        let (phase, _) = planner().start(RequestKind::Access, &identities, &BTreeSet::new());
+        assert_eq!(phase, Phase::Act);
+    }
+
+    #[test]
+    fn exports_collect_everywhere_then_assemble() {
+        let planner = planner();
+        let none = BTreeSet::new();
+        let (phase, tasks) = planner.after(Phase::Resolve, RequestKind::Portability, &none);
+        assert_eq!((phase, tasks.len()), (Phase::Act, 3));
+        let (phase, tasks) = planner.after(phase, RequestKind::Portability, &none);
+        assert_eq!(phase, Phase::Finalize);
+        assert_eq!(
+            tasks,
+            vec![PlannedTask {
+                kind: TaskKind::Assemble,
+                store: None
+            }]
+        );
+    }
+
+    #[test]
+    fn rectification_and_restriction_go_only_where_the_map_records_them() {
+        let planner = planner();
+        let changes = BTreeSet::from(["first_name".to_owned()]);
+        let (_, tasks) = planner.after(Phase::Resolve, RequestKind::Rectification, &changes);
+        assert_eq!(stores(&tasks), vec!["accounts"]);
+        let (_, tasks) = planner.after(
+            Phase::Resolve,
+            RequestKind::LiftRestriction,
+            &BTreeSet::new(),
+        );
+        assert_eq!(
+            tasks,
+            vec![PlannedTask {
+                kind: TaskKind::LiftRestriction,
+                store: Some(StoreName::parse("accounts").unwrap())
+            }]
+        );
+    }
+}
