@@ -1,0 +1,15 @@
+//! End-to-end tests of Lethe against real services (see the crate README for the services and
+//! their environment variables). One binary, a module per area.
+
+// A test's helpers fail the test by panicking, like its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod config_errors;
+mod contract;
+mod daemons;
+mod eraser;
+mod harness;
+mod sample;
+mod support;
+mod worker_loop;
