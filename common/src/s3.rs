@@ -80,3 +80,43 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), BucketEr
         Err(error) => Err(fail(DisplayErrorContext(&error).to_string())),
     }
 }
+
+/// Every key under `prefix`, walking the tree one level at a time (`delimiter = "/"`), page by
+/// page. Walking by level costs a request per folder but lets servers answer from the folder
+/// alone; some S3-compatible servers (s3s-fs among them) scan the whole bucket for a
+/// prefix-only listing.
+pub async fn list_keys_under(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<
+    Vec<String>,
+    aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error>,
+> {
+    let mut keys = Vec::new();
+    let mut folders = vec![prefix.to_owned()];
+    while let Some(folder) = folders.pop() {
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&folder)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            folders.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}

@@ -98,23 +98,9 @@ impl S3Connector {
     }
 
     async fn list(&self, prefix: &str, action: &str) -> Result<Vec<String>, TaskError> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.spec.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error(action, &e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
-        }
-        Ok(keys)
+        crate::s3::list_keys_under(&self.client, &self.spec.bucket, prefix)
+            .await
+            .map_err(|e| self.error(action, &e))
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), TaskError> {
