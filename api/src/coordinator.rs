@@ -69,7 +69,7 @@ impl Coordinator {
                 .expires(poll)
                 .messages()
                 .await;
-            let mut batch = match batch {
+            let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(error = %error, "cannot pull results; retrying");
@@ -80,25 +80,29 @@ impl Coordinator {
                     continue;
                 }
             };
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => messages.push(message),
-                    Err(error) => {
-                        tracing::warn!(error = %error, "result pull interrupted");
-                        break;
+            // Apply results as they arrive rather than when the pull completes: a pull waits
+            // until it is full or expires, and a request's next phase waits for its result.
+            let received = std::sync::atomic::AtomicUsize::new(0);
+            batch
+                .for_each_concurrent(concurrency.max(1), |message| {
+                    let received = &received;
+                    async move {
+                        match message {
+                            Ok(message) => {
+                                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.consume(message).await;
+                            }
+                            Err(error) => tracing::warn!(error = %error, "result pull interrupted"),
+                        }
                     }
-                }
-            }
-            if messages.is_empty() && mode == RunMode::UntilIdle {
+                })
+                .await;
+            if received.into_inner() == 0 && mode == RunMode::UntilIdle {
                 match consumer.info().await {
                     Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => return,
                     _ => continue,
                 }
             }
-            futures::stream::iter(messages)
-                .for_each_concurrent(concurrency.max(1), |message| self.consume(message))
-                .await;
         }
     }
 

@@ -5,6 +5,7 @@ pub mod digest;
 pub mod eraser_support;
 mod namespace;
 mod nats;
+pub mod process;
 pub mod proxy;
 mod services;
 
