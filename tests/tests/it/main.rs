@@ -10,6 +10,7 @@ mod contract;
 mod daemons;
 mod eraser;
 mod harness;
+mod privacy;
 mod sample;
 mod support;
 mod worker_loop;
