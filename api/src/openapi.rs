@@ -3,13 +3,13 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes;
+use crate::{export, routes};
 
 /// Lethe's API description.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Lethe", description = "Data-subject requests (GDPR Art. 15-21) across every store, with receipts."),
-    paths(routes::create, routes::list, routes::show, routes::cancel, routes::extend, routes::receipt, routes::receipt_key),
+    paths(routes::create, routes::list, routes::show, routes::cancel, routes::extend, routes::receipt, export::download, routes::receipt_key),
     modifiers(&BearerAuth),
     tags((name = "requests", description = "Data-subject requests"), (name = "receipts", description = "Checking receipts"))
 )]

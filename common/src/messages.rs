@@ -215,6 +215,9 @@ pub struct TaskReport {
     /// Object written (exports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_key: Option<String>,
+    /// SHA-256 of the object written, lowercase hex (an assembled export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A status change, for outside consumers. Ids and counts only, never identifiers.

@@ -1,12 +1,23 @@
 //! An S3 client for AWS or any S3-compatible server, built from [`S3Settings`] alone (no
-//! ambient AWS configuration is read, so what runs is what the file says).
+//! ambient AWS configuration is read, so what runs is what the file says), and the transfers
+//! the workers share: level-by-level listings, a streaming multipart [`ObjectWriter`],
+//! server-side copies and presigned downloads.
 
-use aws_sdk_s3::Client;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+pub use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
 use secrecy::ExposeSecret;
+use tokio::task::JoinHandle;
 
 use crate::config::{ChecksumMode, S3Settings};
 
@@ -89,11 +100,33 @@ pub async fn list_keys_under(
     client: &Client,
     bucket: &str,
     prefix: &str,
-) -> Result<
-    Vec<String>,
-    aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error>,
-> {
-    let mut keys = Vec::new();
+) -> Result<Vec<String>, SdkError<ListObjectsV2Error>> {
+    Ok(list_objects_under(client, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect())
+}
+
+/// An object found by [`list_objects_under`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag, as the server gave it.
+    pub e_tag: Option<String>,
+}
+
+/// Every object under `prefix` with its size, sorted by key, listed level by level as
+/// [`list_keys_under`] does.
+pub async fn list_objects_under(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<ObjectInfo>, SdkError<ListObjectsV2Error>> {
+    let mut objects = Vec::new();
     let mut folders = vec![prefix.to_owned()];
     while let Some(folder) = folders.pop() {
         let mut pages = client
@@ -105,11 +138,13 @@ pub async fn list_keys_under(
             .send();
         while let Some(page) = pages.next().await {
             let page = page?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
+            objects.extend(page.contents().iter().filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_owned(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    e_tag: o.e_tag().map(str::to_owned),
+                })
+            }));
             folders.extend(
                 page.common_prefixes()
                     .iter()
@@ -117,6 +152,515 @@ pub async fn list_keys_under(
             );
         }
     }
-    keys.sort();
-    Ok(keys)
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(objects)
+}
+
+/// A failed S3 operation, described by what was being done and the S3 error code or the kind
+/// of failure only: keys and the servers' messages can name a data subject.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{action} failed: {detail}")]
+pub struct TransferError {
+    /// What was being done (`uploading a part`, ...).
+    pub action: &'static str,
+    /// The S3 error code or the kind of failure.
+    pub detail: String,
+    /// Whether trying again later may succeed.
+    pub retryable: bool,
+    /// The S3 error code, if the server answered with one.
+    pub code: Option<String>,
+}
+
+impl TransferError {
+    /// Classifies an SDK error.
+    pub fn from_sdk<E: ProvideErrorMetadata, R>(
+        action: &'static str,
+        error: &SdkError<E, R>,
+    ) -> Self {
+        let (detail, retryable, code) = match error {
+            SdkError::TimeoutError(_) => ("timed out".to_owned(), true, None),
+            SdkError::DispatchFailure(_) => ("cannot reach the S3 endpoint".to_owned(), true, None),
+            SdkError::ResponseError(_) => ("unreadable response".to_owned(), true, None),
+            SdkError::ConstructionFailure(_) => {
+                ("the request could not be built".to_owned(), false, None)
+            }
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("unknown").to_owned();
+                let retryable = matches!(
+                    code.as_str(),
+                    "SlowDown"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "RequestTimeout"
+                        | "RequestTimeTooSkewed"
+                        | "unknown"
+                );
+                (format!("S3 error {code}"), retryable, Some(code))
+            }
+            _ => ("S3 client error".to_owned(), true, None),
+        };
+        Self {
+            action,
+            detail,
+            retryable,
+            code,
+        }
+    }
+
+    /// A failure outside the SDK (a body that broke off, a task that died).
+    pub fn other(action: &'static str, detail: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            action,
+            detail: detail.into(),
+            retryable,
+            code: None,
+        }
+    }
+
+    /// Whether the server said the object or upload does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some("NoSuchKey" | "NotFound" | "NoSuchUpload")
+        )
+    }
+}
+
+/// How an [`ObjectWriter`] cuts and sends its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// Bytes per part (at least [`WriterOptions::MIN_PART_SIZE`]); every 1,000 parts it
+    /// doubles, so an object can grow past the 10,000-part limit.
+    pub part_size: usize,
+    /// Parts uploading at once while writing goes on. Memory is bounded by
+    /// `part_size * (parallel_parts + 1)`.
+    pub parallel_parts: usize,
+}
+
+impl WriterOptions {
+    /// The smallest part S3 accepts (but for the last).
+    pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+    /// 8 MiB parts, two in flight: about 24 MiB of buffers.
+    pub const DEFAULT: Self = Self {
+        part_size: 8 * 1024 * 1024,
+        parallel_parts: 2,
+    };
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+type PartUpload = JoinHandle<Result<CompletedPart, TransferError>>;
+
+/// Writes one object as a stream: bytes are buffered up to a part and uploaded as parts of a
+/// multipart upload while writing goes on, so memory stays bounded whatever the object's size.
+/// An object that ends before its first part is full is sent with one `PutObject`.
+///
+/// [`ObjectWriter::finish`] completes the object; [`ObjectWriter::abort`] (or an error of
+/// `finish`) abandons it. A writer dropped without either stops its part uploads and leaves
+/// the multipart upload for the caller to abort later (its id is [`ObjectWriter::upload_id`]).
+pub struct ObjectWriter {
+    client: Client,
+    bucket: String,
+    key: String,
+    content_type: Option<String>,
+    options: WriterOptions,
+    buffer: BytesMut,
+    upload_id: Option<String>,
+    next_part: i32,
+    in_flight: VecDeque<PartUpload>,
+    completed: Vec<CompletedPart>,
+    written: u64,
+}
+
+impl ObjectWriter {
+    /// A writer of `bucket/key`. Nothing is sent before the first part is full (or
+    /// [`ObjectWriter::start`]).
+    pub fn new(client: Client, bucket: &str, key: &str, options: WriterOptions) -> Self {
+        let options = WriterOptions {
+            part_size: options.part_size.max(WriterOptions::MIN_PART_SIZE),
+            parallel_parts: options.parallel_parts.max(1),
+        };
+        Self {
+            client,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            content_type: None,
+            options,
+            buffer: BytesMut::new(),
+            upload_id: None,
+            next_part: 1,
+            in_flight: VecDeque::new(),
+            completed: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Sets the object's `Content-Type`.
+    pub fn content_type(mut self, content_type: &str) -> Self {
+        self.content_type = Some(content_type.to_owned());
+        self
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The multipart upload's id, once started.
+    pub fn upload_id(&self) -> Option<&str> {
+        self.upload_id.as_deref()
+    }
+
+    /// Starts the multipart upload now (rather than when the first part is full) and returns
+    /// its id, so the caller can record it and abort it should the process die.
+    pub async fn start(&mut self) -> Result<String, TransferError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .set_content_type(self.content_type.clone())
+            .send()
+            .await
+            .map_err(|e| TransferError::from_sdk("starting a multipart upload", &e))?;
+        let id = created
+            .upload_id()
+            .ok_or_else(|| {
+                TransferError::other(
+                    "starting a multipart upload",
+                    "the server returned no upload id",
+                    true,
+                )
+            })?
+            .to_owned();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    fn part_size(&self) -> usize {
+        let doublings = u32::try_from((self.next_part - 1) / 1000)
+            .unwrap_or(0)
+            .min(10);
+        self.options.part_size.saturating_mul(1 << doublings)
+    }
+
+    /// Appends `data`, uploading every part that fills up; waits when enough parts are in
+    /// flight already.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), TransferError> {
+        self.written += data.len() as u64;
+        while !data.is_empty() {
+            let size = self.part_size();
+            if self.buffer.capacity() < size {
+                self.buffer.reserve(size - self.buffer.len());
+            }
+            let room = size - self.buffer.len();
+            let take = room.min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() >= size {
+                let part = self.buffer.split().freeze();
+                self.send_part(part).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, part: Bytes) -> Result<(), TransferError> {
+        let upload_id = self.start().await?;
+        while self.in_flight.len() >= self.options.parallel_parts {
+            self.wait_oldest().await?;
+        }
+        let number = self.next_part;
+        self.next_part += 1;
+        let client = self.client.clone();
+        let bucket = self.bucket.clone();
+        let key = self.key.clone();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let uploaded = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(part))
+                .send()
+                .await
+                .map_err(|e| TransferError::from_sdk("uploading a part", &e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag().map(str::to_owned))
+                .build())
+        }));
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), TransferError> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = handle.await.map_err(|_| {
+            TransferError::other("uploading a part", "the upload task ended abnormally", true)
+        })??;
+        self.completed.push(part);
+        Ok(())
+    }
+
+    /// Sends what is left and completes the object; returns its size. On failure the upload
+    /// is aborted.
+    pub async fn finish(mut self) -> Result<u64, TransferError> {
+        match self.complete().await {
+            Ok(()) => Ok(self.written),
+            Err(error) => {
+                self.abort_upload().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn complete(&mut self) -> Result<(), TransferError> {
+        if self.upload_id.is_none() {
+            let body = self.buffer.split().freeze();
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .set_content_type(self.content_type.clone())
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| TransferError::from_sdk("writing an object", &e))?;
+            return Ok(());
+        }
+        if !self.buffer.is_empty() || self.next_part == 1 {
+            let part = self.buffer.split().freeze();
+            self.send_part(part).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let parts = std::mem::take(&mut self.completed);
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| TransferError::from_sdk("completing a multipart upload", &e))?;
+        self.upload_id = None;
+        Ok(())
+    }
+
+    /// Abandons the object: stops the part uploads and aborts the multipart upload.
+    pub async fn abort(mut self) {
+        self.abort_upload().await;
+    }
+
+    async fn abort_upload(&mut self) {
+        for handle in self.in_flight.drain(..) {
+            handle.abort();
+        }
+        if let Some(id) = self.upload_id.take() {
+            abort_upload(&self.client, &self.bucket, &self.key, &id).await;
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        for handle in &self.in_flight {
+            handle.abort();
+        }
+    }
+}
+
+/// Aborts a multipart upload, quietly: an upload already gone is what was wanted, and an
+/// abort that fails leaves parts for the bucket's lifecycle rules (logged, without the key).
+pub async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    let aborted = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await;
+    if let Err(error) = aborted {
+        let error = TransferError::from_sdk("aborting a multipart upload", &error);
+        if !error.is_not_found() {
+            tracing::warn!(error = %error, "cannot abort a multipart upload");
+        }
+    }
+}
+
+/// The largest object one `CopyObject` copies; larger ones are copied part by part.
+const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+/// Bytes per part of a multipart copy.
+const COPY_PART_SIZE: u64 = 512 * 1024 * 1024;
+
+/// The object a server-side copy reads.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySource<'a> {
+    /// Its bucket.
+    pub bucket: &'a str,
+    /// Its key.
+    pub key: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag as listed: the copy fails (`PreconditionFailed`) if the object changed since,
+    /// so the size recorded is the size copied.
+    pub e_tag: Option<&'a str>,
+}
+
+/// Copies `source` to `bucket/key` inside the S3 service, without the bytes passing through
+/// this process: one `CopyObject` up to 5 GiB, a multipart copy (`UploadPartCopy`) above.
+pub async fn copy_object(
+    client: &Client,
+    source: CopySource<'_>,
+    bucket: &str,
+    key: &str,
+) -> Result<(), TransferError> {
+    let size = source.size;
+    let if_match = source.e_tag.map(str::to_owned);
+    let source = format!("{}/{}", source.bucket, percent_encode_key(source.key));
+    if size <= MAX_SINGLE_COPY {
+        client
+            .copy_object()
+            .bucket(bucket)
+            .key(key)
+            .copy_source(source)
+            .set_copy_source_if_match(if_match)
+            .send()
+            .await
+            .map_err(|e| TransferError::from_sdk("copying an object", &e))?;
+        return Ok(());
+    }
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| TransferError::from_sdk("starting a multipart copy", &e))?;
+    let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+        return Err(TransferError::other(
+            "starting a multipart copy",
+            "the server returned no upload id",
+            true,
+        ));
+    };
+    let copied = async {
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut number = 1;
+        while start < size {
+            let end = (start + COPY_PART_SIZE).min(size) - 1;
+            let part = client
+                .upload_part_copy()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .copy_source(&source)
+                .set_copy_source_if_match(if_match.clone())
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| TransferError::from_sdk("copying a part", &e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(
+                        part.copy_part_result()
+                            .and_then(|r| r.e_tag())
+                            .map(str::to_owned),
+                    )
+                    .build(),
+            );
+            start = end + 1;
+            number += 1;
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| TransferError::from_sdk("completing a multipart copy", &e))?;
+        Ok(())
+    }
+    .await;
+    if copied.is_err() {
+        abort_upload(client, bucket, key, &upload_id).await;
+    }
+    copied
+}
+
+/// A key as `x-amz-copy-source` wants it: percent-encoded, `/` kept.
+fn percent_encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A download link for `bucket/key` valid for `expires_in` (at most 7 days, SigV4's limit),
+/// signed with `client`'s credentials. `file_name` becomes the download's suggested name.
+pub async fn presign_get(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    expires_in: Duration,
+    file_name: Option<&str>,
+) -> Result<String, TransferError> {
+    let expires_in = expires_in.clamp(Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+    let config = PresigningConfig::expires_in(expires_in)
+        .map_err(|_| TransferError::other("presigning a download", "invalid expiry", false))?;
+    let request = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_response_content_disposition(
+            file_name.map(|name| format!("attachment; filename=\"{name}\"")),
+        )
+        .presigned(config)
+        .await
+        .map_err(|e| TransferError::from_sdk("presigning a download", &e))?;
+    Ok(request.uri().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_sources_are_percent_encoded_but_for_slashes() {
+        assert_eq!(
+            percent_encode_key("a b/c+d/é.png"),
+            "a%20b/c%2Bd/%C3%A9.png"
+        );
+        assert_eq!(percent_encode_key("avatars/7/x-y_z.~"), "avatars/7/x-y_z.~");
+    }
 }

@@ -1,6 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+mod archive;
+mod assemble;
+mod collect;
 mod handler;
+mod readme;
+pub mod staging;
 
 use std::sync::Arc;
 
@@ -9,8 +14,10 @@ use lethe_common::daemon::WorkerDaemon;
 use lethe_common::datamap::DataMap;
 use lethe_common::nats::Durable;
 use lethe_common::ops::Readiness;
+use lethe_common::privacy::IdentityHasher;
 use lethe_common::worker::{RunMode, WorkerLoop};
 use lethe_common::{s3, stores};
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::Exporter;
@@ -21,19 +28,37 @@ pub struct App {
     loops: Vec<WorkerLoop<Exporter>>,
     readiness: Readiness,
     mode: RunMode,
+    exporter: Arc<Exporter>,
 }
 
 impl App {
     /// Loads the data map, sets up the served stores and Lethe's bucket, connects to NATS and
-    /// binds the collect consumers (one per store) and the assemble consumer.
+    /// binds the collect consumers (one per store) and the assemble consumer (any exporter can
+    /// assemble: it needs Lethe's bucket only).
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
-        let map = DataMap::load(&settings.data_map_path()?)?;
+        let map = Arc::new(DataMap::load(&settings.data_map_path()?)?);
         let served = stores::served(&map, &settings.exporter.stores, settings)?;
         let s3_settings = settings.require_s3()?;
         let bucket_client = s3::client(s3_settings);
         s3::ensure_bucket(&bucket_client, &s3_settings.bucket).await?;
+        // The key only tags subjects in log lines here (collecting masks nothing): without
+        // the privacy section the tags are keyed by a key of this process.
+        let key = match &settings.privacy {
+            Some(privacy) => privacy.hash_key.clone(),
+            None => SecretString::from(format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )),
+        };
+        let exporter = Arc::new(Exporter::new(
+            served.clone(),
+            map.clone(),
+            bucket_client.clone(),
+            &s3_settings.bucket,
+            IdentityHasher::new(key),
+        )?);
         let daemon = WorkerDaemon::start("exporter", settings, &settings.exporter).await?;
-        let exporter = Arc::new(Exporter::new(served.clone()));
         let mut loops = Vec::with_capacity(served.len() + 1);
         for store in &served {
             let durable = Durable::Exporter(store.name.clone());
@@ -63,7 +88,13 @@ impl App {
             loops,
             readiness,
             mode,
+            exporter,
         })
+    }
+
+    /// The task handler, shared by every loop (to read how many tasks it handled).
+    pub fn exporter(&self) -> Arc<Exporter> {
+        self.exporter.clone()
     }
 
     /// Address of `/healthz`, `/readyz` and `/metrics`.

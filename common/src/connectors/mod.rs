@@ -1,5 +1,5 @@
-//! Store connectors: what resolve, erase, rectify, restrict and object tasks do in one store,
-//! set-based over every identity value of the task (DESIGN §2, §3).
+//! Store connectors: what resolve, erase, rectify, restrict, object and collect tasks do in one
+//! store, set-based over every identity value of the task (DESIGN §2, §3, §6).
 //!
 //! One [`Connector`] per served store, built from its data-map entry and its (lazy)
 //! connection:
@@ -14,6 +14,12 @@
 //! - **Redis**: the data map's key templates rendered for every combination of the task's
 //!   values; erasure `UNLINK`s them in one atomic pipeline (no `SCAN`).
 //! - **S3**: every object under the rendered prefixes, deleted 1,000 per request.
+//!
+//! A collect task finds the subject's records exactly as an erasure would (the same
+//! derivations, the same `WHERE`, the same key and prefix renderings) and streams them into a
+//! [`CollectSink`]: SQL rows one by one as JSON objects built by the database (a cursor, never a
+//! whole table in memory), Redis keys as one JSON record each, S3 objects as references for the
+//! sink to copy.
 //!
 //! After an erasure every store is queried again; a task whose store still holds matches is a
 //! [`TaskError::Transient`] failure (retried), never a report of success: `remaining` of a done
@@ -30,6 +36,7 @@ mod s3;
 mod sql;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 
 use crate::datamap::{Store, placeholders, render};
 use crate::ids::StoreName;
@@ -74,6 +81,40 @@ pub enum SchemaCheck {
 #[derive(Debug, thiserror::Error)]
 #[error("store `{0}`: its connection is not of the kind its data-map entry names")]
 pub struct KindMismatch(pub StoreName);
+
+/// Where a collect task puts what it finds: per collection a stream of JSON records, and the
+/// objects of object stores. Implementations write to the export staging area.
+pub trait CollectSink: Send {
+    /// Starts collection `name` (the data map's table, key template or prefix template).
+    fn begin(&mut self, name: &str) -> impl Future<Output = Result<(), TaskError>> + Send;
+    /// One record of the current collection: the JSON text of one object (no line break).
+    fn record(&mut self, json: &[u8]) -> impl Future<Output = Result<(), TaskError>> + Send;
+    /// Ends the current collection.
+    fn end(&mut self) -> impl Future<Output = Result<(), TaskError>> + Send;
+    /// One object of the current collection of an object store, to copy.
+    fn object(
+        &mut self,
+        object: SourceObject<'_>,
+    ) -> impl Future<Output = Result<(), TaskError>> + Send;
+}
+
+/// An object of an S3 store that belongs to the subject.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceObject<'a> {
+    /// The store's client (its own endpoint and credentials).
+    pub client: &'a aws_sdk_s3::Client,
+    /// The store's bucket.
+    pub bucket: &'a str,
+    /// The object's key.
+    pub key: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag.
+    pub e_tag: Option<&'a str>,
+    /// The store uses Lethe's own S3 endpoint and credentials, so a copy can be made inside
+    /// the S3 service (`CopyObject`) instead of through this process.
+    pub shares_lethe_credentials: bool,
+}
 
 /// Carries out tasks in one store.
 pub struct Connector {
@@ -190,6 +231,25 @@ impl Connector {
             Inner::Mysql(c) => c.set_flag(identities, flag, value).await,
             Inner::Redis(c) => c.set_flag(identities, flag, value).await,
             Inner::S3(_) => Ok(TaskReport::default()),
+        }
+    }
+}
+
+impl Connector {
+    /// Streams every record of the subject into `sink`, collection by collection in data-map
+    /// order (retained and masked collections included), after following the store's own
+    /// derivations as an erasure does. `counts` holds the records (rows, keys, objects) per
+    /// collection.
+    pub async fn collect<K: CollectSink>(
+        &self,
+        identities: &Identities,
+        sink: &mut K,
+    ) -> Result<TaskReport, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.collect(identities, sink).await,
+            Inner::Mysql(c) => c.collect(identities, sink).await,
+            Inner::Redis(c) => c.collect(identities, sink).await,
+            Inner::S3(c) => c.collect(identities, sink).await,
         }
     }
 }

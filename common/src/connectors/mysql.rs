@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use sqlx::mysql::{MySqlArguments, MySqlDatabaseError};
 use sqlx::query::Query;
 use sqlx::{MySql, MySqlPool, Row as _, Transaction};
@@ -84,6 +86,16 @@ impl Session for MySqlSession {
             .collect()
     }
 
+    fn json_rows<'s>(
+        &'s mut self,
+        statement: &'s Statement,
+    ) -> BoxStream<'s, Result<String, sqlx::Error>> {
+        bind_all(sqlx::query(&statement.sql), &statement.binds)
+            .fetch(&mut *self.0)
+            .map(|row| row.and_then(|row| row.try_get::<String, _>(0)))
+            .boxed()
+    }
+
     async fn commit(self) -> Result<(), sqlx::Error> {
         self.0.commit().await
     }
@@ -113,6 +125,16 @@ impl Backend for MySqlBackend {
     async fn begin(&self) -> Result<MySqlSession, sqlx::Error> {
         let mut transaction = self.pool.begin().await?;
         sqlx::query(LOCK_TIMEOUT).execute(&mut *transaction).await?;
+        Ok(MySqlSession(transaction))
+    }
+
+    async fn begin_read(&self) -> Result<MySqlSession, sqlx::Error> {
+        let mut transaction = self.pool.begin().await?;
+        // TIMESTAMP columns read in UTC. A session setting: it stays on the pooled connection,
+        // where it is as right for the next task.
+        sqlx::query("SET time_zone = '+00:00'")
+            .execute(&mut *transaction)
+            .await?;
         Ok(MySqlSession(transaction))
     }
 

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use sqlx::postgres::{PgArguments, PgDatabaseError};
 use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
@@ -17,6 +19,8 @@ use super::sql::{
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '15s'";
 /// Longest statement of a task.
 const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '300s'";
+/// Longest statement of a collect task, which streams a whole collection of the subject.
+const READ_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '3600s'";
 
 /// A PostgreSQL store.
 pub(crate) struct PgBackend {
@@ -86,6 +90,16 @@ impl Session for PgSession {
             .collect()
     }
 
+    fn json_rows<'s>(
+        &'s mut self,
+        statement: &'s Statement,
+    ) -> BoxStream<'s, Result<String, sqlx::Error>> {
+        bind_all(sqlx::query(&statement.sql), &statement.binds)
+            .fetch(&mut *self.0)
+            .map(|row| row.and_then(|row| row.try_get::<String, _>(0)))
+            .boxed()
+    }
+
     async fn commit(self) -> Result<(), sqlx::Error> {
         self.0.commit().await
     }
@@ -109,6 +123,21 @@ impl Backend for PgBackend {
         let mut transaction = self.pool.begin().await?;
         sqlx::query(LOCK_TIMEOUT).execute(&mut *transaction).await?;
         sqlx::query(STATEMENT_TIMEOUT)
+            .execute(&mut *transaction)
+            .await?;
+        Ok(PgSession(transaction))
+    }
+
+    async fn begin_read(&self) -> Result<PgSession, sqlx::Error> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(LOCK_TIMEOUT).execute(&mut *transaction).await?;
+        sqlx::query(READ_STATEMENT_TIMEOUT)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query("SET LOCAL TimeZone = 'UTC'")
             .execute(&mut *transaction)
             .await?;
         Ok(PgSession(transaction))

@@ -1,12 +1,15 @@
 //! Redis: the data map's key templates rendered for the task's values (never a `SCAN` of the
-//! database), erased with `UNLINK` in one atomic pipeline; restriction and objection as
-//! membership of a set.
+//! database), erased with `UNLINK` in one atomic pipeline, collected as one JSON record per
+//! key (its type, time to live and value); restriction and objection as membership of a set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use redis::Value;
 use redis::aio::ConnectionManager;
+use serde::Serialize;
+use serde_json::Value as Json;
 
-use super::{Flag, MAX_VALUES, render_all, still_holds, too_many, usable_values};
+use super::{CollectSink, Flag, MAX_VALUES, render_all, still_holds, too_many, usable_values};
 use crate::datamap::RedisStore;
 use crate::ids::StoreName;
 use crate::messages::{Identities, TaskReport};
@@ -86,6 +89,134 @@ impl RedisConnector {
             all.push((template.clone(), keys));
         }
         Ok(all)
+    }
+
+    /// Writes one record per existing key of the subject (each key once, in the first template
+    /// that names it): `{"key", "type", "ttl_seconds", "value"}`, the key without the store's
+    /// `key_prefix`.
+    pub(crate) async fn collect<K: CollectSink>(
+        &self,
+        identities: &Identities,
+        sink: &mut K,
+    ) -> Result<TaskReport, TaskError> {
+        let keys = self.keys(identities)?;
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut counts = BTreeMap::new();
+        let mut connection: Option<ConnectionManager> = None;
+        for (template, keys) in &keys {
+            sink.begin(template).await?;
+            let keys: Vec<&str> = keys
+                .iter()
+                .map(String::as_str)
+                .filter(|k| seen.insert(k))
+                .collect();
+            let mut found = 0u64;
+            if !keys.is_empty() {
+                let connection = match &mut connection {
+                    Some(connection) => connection,
+                    None => connection.insert(self.connection().await?),
+                };
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("TYPE").arg(*key).cmd("PTTL").arg(*key);
+                }
+                let answers: Vec<Value> = pipe
+                    .query_async(connection)
+                    .await
+                    .map_err(|e| self.error("reading key types", &e))?;
+                for (key, answer) in keys.iter().zip(answers.chunks(2)) {
+                    let kind = match answer.first() {
+                        Some(Value::SimpleString(kind)) => kind.clone(),
+                        Some(Value::BulkString(kind)) => String::from_utf8_lossy(kind).into_owned(),
+                        _ => continue,
+                    };
+                    if kind == "none" {
+                        continue;
+                    }
+                    let ttl_seconds = match answer.get(1) {
+                        Some(Value::Int(ms)) if *ms >= 0 => Some((ms + 999) / 1000),
+                        _ => None,
+                    };
+                    // A key that expired since its type was read has nothing left to show.
+                    let Some(value) = self.value(connection, key, &kind).await? else {
+                        continue;
+                    };
+                    let record = KeyRecord {
+                        key: key.strip_prefix(&self.spec.key_prefix).unwrap_or(key),
+                        kind: &kind,
+                        ttl_seconds,
+                        value,
+                    };
+                    let json = serde_json::to_vec(&record).map_err(|_| TaskError::Permanent {
+                        code: "store_error",
+                        reason: format!(
+                            "store `{}`: a value cannot be written as JSON",
+                            self.store
+                        ),
+                    })?;
+                    sink.record(&json).await?;
+                    found += 1;
+                }
+            }
+            sink.end().await?;
+            counts.insert(template.clone(), found);
+        }
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
+    }
+
+    /// The value of `key`, of Redis type `kind`, as JSON; `None` if the key is gone.
+    async fn value(
+        &self,
+        connection: &mut ConnectionManager,
+        key: &str,
+        kind: &str,
+    ) -> Result<Option<Json>, TaskError> {
+        let command = match kind {
+            "string" => redis::cmd("GET").arg(key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(key).clone(),
+            "list" => redis::cmd("LRANGE").arg(key).arg(0).arg(-1).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(key).clone(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .clone(),
+            "stream" => redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone(),
+            // A module's type: its name is recorded, its value cannot be read generically.
+            _ => return Ok(Some(Json::Null)),
+        };
+        let value: Value = command
+            .query_async(connection)
+            .await
+            .map_err(|e| self.error("reading a value", &e))?;
+        let empty = match &value {
+            Value::Nil => true,
+            Value::Array(items) | Value::Set(items) => items.is_empty(),
+            Value::Map(items) => items.is_empty(),
+            _ => false,
+        };
+        if empty {
+            return Ok(None);
+        }
+        Ok(Some(match kind {
+            "hash" => Json::Object(pairs(value).into_iter().collect()),
+            "set" => {
+                let mut members = items(value);
+                members.sort_by_key(|m| m.to_string());
+                Json::Array(members)
+            }
+            "zset" => Json::Array(
+                scored(value)
+                    .into_iter()
+                    .map(|(member, score)| serde_json::json!({ "member": member, "score": score }))
+                    .collect(),
+            ),
+            _ => to_json(value),
+        }))
     }
 
     pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
@@ -181,4 +312,120 @@ impl RedisConnector {
             ..TaskReport::default()
         })
     }
+}
+
+/// One collected key.
+#[derive(Serialize)]
+struct KeyRecord<'a> {
+    key: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    ttl_seconds: Option<i64>,
+    value: Json,
+}
+
+/// Bytes as JSON text when they are UTF-8, else as `{"hex": "..."}`.
+fn text(bytes: Vec<u8>) -> Json {
+    match String::from_utf8(bytes) {
+        Ok(text) => Json::String(text),
+        Err(error) => serde_json::json!({ "hex": hex::encode(error.into_bytes()) }),
+    }
+}
+
+/// A key of a JSON object.
+fn key_text(value: Value) -> String {
+    match to_json(value) {
+        Json::String(text) => text,
+        other => other.to_string(),
+    }
+}
+
+/// Any reply as JSON.
+fn to_json(value: Value) -> Json {
+    match value {
+        Value::Nil => Json::Null,
+        Value::Int(n) => Json::from(n),
+        Value::BulkString(bytes) => text(bytes),
+        Value::Array(items) | Value::Set(items) | Value::Push { data: items, .. } => {
+            Json::Array(items.into_iter().map(to_json).collect())
+        }
+        Value::SimpleString(text) => Json::String(text),
+        Value::Okay => Json::String("OK".to_owned()),
+        Value::Map(pairs) => Json::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (key_text(k), to_json(v)))
+                .collect(),
+        ),
+        Value::Attribute { data, .. } => to_json(*data),
+        Value::Double(n) => serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number),
+        Value::Boolean(b) => Json::Bool(b),
+        Value::VerbatimString { text, .. } => Json::String(text),
+        Value::BigNumber(n) => Json::String(String::from_utf8_lossy(&n).into_owned()),
+        Value::ServerError(_) => Json::Null,
+        _ => Json::Null,
+    }
+}
+
+/// The elements of an array or set reply.
+fn items(value: Value) -> Vec<Json> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items.into_iter().map(to_json).collect(),
+        other => vec![to_json(other)],
+    }
+}
+
+/// Field/value pairs of a hash reply: a map (RESP3) or a flat array (RESP2).
+fn pairs(value: Value) -> BTreeMap<String, Json> {
+    match value {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| (key_text(k), to_json(v)))
+            .collect(),
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            let mut out = BTreeMap::new();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                out.insert(key_text(k), to_json(v));
+            }
+            out
+        }
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Member/score pairs of a `ZRANGE ... WITHSCORES` reply: a flat array (RESP2) or an array of
+/// pairs (RESP3).
+fn scored(value: Value) -> Vec<(Json, Json)> {
+    let Value::Array(items) = value else {
+        return Vec::new();
+    };
+    let score = |v: Value| match v {
+        Value::Double(n) => serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number),
+        Value::BulkString(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Json::Null, Json::Number),
+        other => to_json(other),
+    };
+    if items.iter().all(|i| matches!(i, Value::Array(_))) {
+        return items
+            .into_iter()
+            .filter_map(|pair| match pair {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let s = pair.pop()?;
+                    let m = pair.pop()?;
+                    Some((to_json(m), score(s)))
+                }
+                _ => None,
+            })
+            .collect();
+    }
+    let mut items = items.into_iter();
+    let mut out = Vec::new();
+    while let (Some(m), Some(s)) = (items.next(), items.next()) {
+        out.push((to_json(m), score(s)));
+    }
+    out
 }

@@ -1,12 +1,12 @@
 //! S3: every object under the data map's prefix templates rendered for the task's values,
-//! listed page by page and deleted 1,000 per request.
+//! listed page by page and deleted 1,000 per request (or handed to a collect sink to copy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use super::{MAX_VALUES, render_all, still_holds, too_many};
+use super::{CollectSink, MAX_VALUES, SourceObject, render_all, still_holds, too_many};
 use crate::datamap::S3Store;
 use crate::ids::StoreName;
 use crate::messages::{Identities, TaskReport};
@@ -141,6 +141,52 @@ impl S3Connector {
             }
         }
         Ok(())
+    }
+
+    /// Hands every object under the subject's prefixes to `sink`, each once (prefixes of
+    /// different templates may overlap), per template in data-map order.
+    pub(crate) async fn collect<K: CollectSink>(
+        &self,
+        identities: &Identities,
+        sink: &mut K,
+    ) -> Result<TaskReport, TaskError> {
+        let prefixes = self.prefixes(identities)?;
+        let shares_lethe_credentials = self.spec.endpoint_env.is_none()
+            && self.spec.access_key_id_env.is_none()
+            && self.spec.secret_access_key_env.is_none();
+        let mut seen = BTreeSet::new();
+        let mut counts = BTreeMap::new();
+        for (template, prefixes) in &prefixes {
+            sink.begin(template).await?;
+            let mut found = 0u64;
+            for prefix in prefixes {
+                let objects =
+                    crate::s3::list_objects_under(&self.client, &self.spec.bucket, prefix)
+                        .await
+                        .map_err(|e| self.error("listing objects", &e))?;
+                for object in objects {
+                    if !seen.insert(object.key.clone()) {
+                        continue;
+                    }
+                    sink.object(SourceObject {
+                        client: &self.client,
+                        bucket: &self.spec.bucket,
+                        key: &object.key,
+                        size: object.size,
+                        e_tag: object.e_tag.as_deref(),
+                        shares_lethe_credentials,
+                    })
+                    .await?;
+                    found += 1;
+                }
+            }
+            sink.end().await?;
+            counts.insert(template.clone(), found);
+        }
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
     }
 
     pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {

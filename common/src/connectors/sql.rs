@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use tokio::sync::OnceCell;
 
-use super::{Flag, SchemaCheck, still_holds, too_many, usable_values};
+use super::{CollectSink, Flag, SchemaCheck, still_holds, too_many, usable_values};
 use crate::datamap::{Collection, EraseStrategy, Mask};
 use crate::ids::StoreName;
 use crate::messages::{Identities, TaskReport};
@@ -355,6 +356,8 @@ struct CollectionPlan {
     rectify: BTreeMap<String, Target>,
     restrict: Option<String>,
     object: Option<String>,
+    /// Every column of the table, in table order (what a collect task exports).
+    columns: Vec<ColumnInfo>,
 }
 
 #[derive(Debug)]
@@ -581,6 +584,7 @@ pub(crate) fn build_plan(
             rectify,
             restrict,
             object,
+            columns: columns.clone(),
         });
     }
     if !problems.is_empty() {
@@ -682,6 +686,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     type Session: Session;
     /// Opens a transaction with the store's lock and statement timeouts set.
     fn begin(&self) -> impl Future<Output = Result<Self::Session, sqlx::Error>> + Send;
+    /// Opens a read-only transaction for a collect task: one consistent snapshot for every
+    /// collection, times in UTC, a statement timeout long enough to stream a large table.
+    fn begin_read(&self) -> impl Future<Output = Result<Self::Session, sqlx::Error>> + Send;
     /// Reads the columns of `tables` and the foreign keys among their schemas.
     fn load_schema(
         &self,
@@ -716,6 +723,12 @@ pub(crate) trait Session: Send {
         statement: &Statement,
         columns: usize,
     ) -> impl Future<Output = Result<Vec<Vec<Option<String>>>, sqlx::Error>> + Send;
+    /// Every row of a query whose one column is the JSON text of the row, as a stream read
+    /// from the server as it is consumed (never the whole result in memory).
+    fn json_rows<'s>(
+        &'s mut self,
+        statement: &'s Statement,
+    ) -> futures::stream::BoxStream<'s, Result<String, sqlx::Error>>;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
@@ -987,6 +1000,64 @@ impl<B: Backend> SqlConnector<B> {
         })
     }
 
+    /// Streams the subject's rows of every collection into `sink`, in one read-only
+    /// transaction, after following the store's own derivations.
+    pub(crate) async fn collect<K: CollectSink>(
+        &self,
+        identities: &Identities,
+        sink: &mut K,
+    ) -> Result<TaskReport, TaskError> {
+        self.check_size(identities)?;
+        let plan = self.plan().await?;
+        let mut session = self
+            .backend
+            .begin_read()
+            .await
+            .during("opening a transaction", None)
+            .map_err(|f| self.task_error(f))?;
+        let (identities, _, _) = expand(&mut session, &plan, identities)
+            .await
+            .map_err(|f| self.task_error(f))?;
+        let mut counts = BTreeMap::new();
+        for collection in &plan.collections {
+            sink.begin(&collection.name).await?;
+            let mut rows = 0u64;
+            if let Some(matcher) = Matcher::new(collection, &identities) {
+                let statement = select_json(B::Session::DIALECT, collection, &matcher);
+                let mut stream = session.json_rows(&statement);
+                while let Some(row) = stream.next().await {
+                    let row = row
+                        .during("reading rows", Some(&collection.name))
+                        .map_err(|f| self.task_error(f))?;
+                    // The database escapes line breaks inside JSON strings; a raw one would
+                    // break the record framing downstream.
+                    if row.as_bytes().contains(&b'\n') {
+                        return Err(TaskError::Permanent {
+                            code: "store_error",
+                            reason: format!(
+                                "store `{}`, collection `{}`: the database returned a row that is not one line of JSON",
+                                self.store, collection.name
+                            ),
+                        });
+                    }
+                    sink.record(row.as_bytes()).await?;
+                    rows += 1;
+                }
+            }
+            sink.end().await?;
+            counts.insert(collection.name.clone(), rows);
+        }
+        session
+            .commit()
+            .await
+            .during("ending the transaction", None)
+            .map_err(|f| self.task_error(f))?;
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
+    }
+
     /// Checks the number of values a task names, before any statement is built.
     fn check_size(&self, identities: &Identities) -> Result<(), TaskError> {
         let values: usize = identities.values().map(Vec::len).sum();
@@ -1162,6 +1233,71 @@ async fn erase_in<S: Session>(
         counts.insert(collection.name.clone(), deleted);
     }
     Ok((identities, counts))
+}
+
+/// The subject's rows of `collection`, each as the JSON text of one object with every column
+/// (PostgreSQL: `row_to_json`; MariaDB: `JSON_OBJECT` over the live schema's columns, binary
+/// columns as hex, boolean columns as `true`/`false`).
+fn select_json(dialect: Dialect, collection: &CollectionPlan, matcher: &Matcher) -> Statement {
+    let mut sql = Sql::new(dialect);
+    match dialect {
+        Dialect::Postgres => {
+            sql.push("SELECT CAST(row_to_json(lethe_row) AS text) FROM ");
+        }
+        Dialect::Mysql => {
+            sql.push("SELECT CAST(JSON_OBJECT(");
+            for (i, column) in collection.columns.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Bind::Text(Some(column.name.clone())));
+                sql.push(", ");
+                let value = mysql_json_value(
+                    &format!("lethe_row.{}", dialect.ident(&column.name)),
+                    column,
+                );
+                sql.push(&value);
+            }
+            sql.push(") AS CHAR) FROM ");
+        }
+    }
+    sql.push(&collection.table).push(" AS lethe_row WHERE ");
+    sql.push_match(matcher, Some("lethe_row"));
+    sql.finish()
+}
+
+/// A MariaDB column as a `JSON_OBJECT` value.
+fn mysql_json_value(expression: &str, column: &ColumnInfo) -> String {
+    let type_name = column.type_name.to_ascii_lowercase();
+    let binary = [
+        "binary",
+        "varbinary",
+        "tinyblob",
+        "blob",
+        "mediumblob",
+        "longblob",
+        "geometry",
+        "point",
+        "linestring",
+        "polygon",
+        "multipoint",
+        "multilinestring",
+        "multipolygon",
+        "geometrycollection",
+    ]
+    .iter()
+    .any(|t| type_name.starts_with(t));
+    if column.family == Family::Boolean {
+        format!(
+            "IF({expression} IS NULL, NULL, IF({expression}, JSON_EXTRACT('true', '$'), JSON_EXTRACT('false', '$')))"
+        )
+    } else if type_name.starts_with("bit") {
+        format!("CAST({expression} AS UNSIGNED)")
+    } else if binary {
+        format!("HEX({expression})")
+    } else {
+        expression.to_owned()
+    }
 }
 
 /// `(m1 AND m2 ...)`: every masked column of a row holds what its mask writes.
