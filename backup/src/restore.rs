@@ -1,0 +1,901 @@
+//! `verify`, `restore` and `replay`: reading a backup back, checking it, restoring it into a
+//! target with the field's tool, and replaying every erasure recorded after it was taken.
+//!
+//! A restore reads the object twice: first to check its SHA-256 against the manifest (a
+//! damaged or tampered backup is refused before anything is written to the target), then to
+//! decrypt, decompress and restore it, pinned to the same object by its ETag and checked again.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
+use lethe_common::Settings;
+use lethe_common::config::BackupTools;
+use lethe_common::connectors::Connector;
+use lethe_common::datamap::{DataMap, Store};
+use lethe_common::ids::StoreName;
+use lethe_common::privacy::IdentityHasher;
+use lethe_common::stores::{self, ServedStore, StoreConnection};
+use secrecy::SecretString;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+use uuid::Uuid;
+
+use crate::catalog::{self, BackupRow};
+use crate::keys::SecretKeys;
+use crate::manifest::Manifest;
+use crate::pipeline::{self, ChannelWriter, Chunk, Decryption, is_stage_stopped};
+use crate::source::Kind;
+use crate::tools;
+use crate::upload::{self, Downloaded, Multipart};
+
+/// Objects up to this size are restored in one request; larger ones by multipart upload.
+const RESTORE_PART: u64 = 16 << 20;
+/// How long a restore waits for its Redis server to load the RDB.
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The ledger and Lethe's bucket: what `list`, `verify`, `restore` and `replay` read.
+pub struct Ledger {
+    settings: Settings,
+    pool: PgPool,
+    s3: Client,
+    bucket: String,
+}
+
+impl Ledger {
+    /// Opens (and migrates) the ledger and reaches the bucket.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let pool = lethe_common::ledger::connect_and_migrate(settings.require_ledger()?).await?;
+        let s3_settings = settings.require_s3()?;
+        Ok(Self {
+            settings: settings.clone(),
+            pool,
+            s3: lethe_common::s3::client(s3_settings),
+            bucket: s3_settings.bucket.clone(),
+        })
+    }
+
+    /// The ledger's pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn tools(&self) -> &BackupTools {
+        &self.settings.backups.tools
+    }
+}
+
+/// How the operator decrypts.
+#[derive(Debug, Clone)]
+pub enum Decrypt {
+    /// With the secret keys in a file (`gpg --export-secret-keys`), unlocked with the
+    /// passphrase if they are protected.
+    SecretKey {
+        /// The file.
+        path: PathBuf,
+        /// The passphrase.
+        passphrase: Option<SecretString>,
+    },
+    /// With the operator's own `gpg` and its agent (smartcards, pinentry).
+    Gpg,
+}
+
+/// Where a restore or replay goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A PostgreSQL, MariaDB or Redis server whose URL is in this environment variable.
+    Env(String),
+    /// A directory (Redis: `dump.rdb` is written there).
+    Dir(PathBuf),
+    /// An S3 bucket, objects under `prefix`.
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// Prepended to every restored key.
+        prefix: String,
+    },
+}
+
+impl Target {
+    /// Parses `env:VAR`, `s3://bucket[/prefix/]` or a directory. A URL itself is refused: it
+    /// goes through a variable (the command line is visible to every user of the machine).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Some(variable) = text.strip_prefix("env:") {
+            if variable.is_empty() {
+                anyhow::bail!("--target env: names no variable");
+            }
+            return Ok(Target::Env(variable.to_owned()));
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                anyhow::bail!("--target s3:// names no bucket");
+            }
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                anyhow::bail!("--target s3://{bucket}/{prefix}: the prefix must end with `/`");
+            }
+            return Ok(Target::Bucket {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        if text.contains("://") {
+            anyhow::bail!(
+                "--target: give a server's URL through an environment variable, as env:VAR"
+            );
+        }
+        Ok(Target::Dir(PathBuf::from(text)))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Env(variable) => format!("env:{variable}"),
+            Target::Dir(dir) => dir.display().to_string(),
+            Target::Bucket { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    fn url(&self) -> anyhow::Result<SecretString> {
+        match self {
+            Target::Env(variable) => std::env::var(variable)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from)
+                .ok_or_else(|| anyhow::anyhow!("environment variable {variable} is not set")),
+            _ => anyhow::bail!("this target has no URL"),
+        }
+    }
+}
+
+/// Where a Redis restore runs its own server on the restored RDB: a directory for its socket,
+/// and the environment variable holding that socket's URL (the store connectors read URLs
+/// from the environment only).
+#[derive(Debug, Clone)]
+pub struct RedisScratch {
+    /// The socket's directory: the socket is `redis.sock` in it.
+    pub dir: PathBuf,
+    /// The variable whose value is `unix://<dir>/redis.sock`.
+    pub url_env: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The backup.
+    pub backup_id: Uuid,
+    /// Its store.
+    pub store: String,
+    /// Bytes of the object, as the manifest records them.
+    pub ciphertext_bytes: u64,
+    /// Its SHA-256, as recomputed (equal to the manifest's).
+    pub ciphertext_sha256: String,
+    /// With a key: bytes of the dump after decryption and decompression (equal to the
+    /// manifest's).
+    pub plaintext_bytes: Option<u64>,
+}
+
+/// One erasure replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replayed {
+    /// Position in the erasure records.
+    pub seq: i64,
+    /// The erasure request.
+    pub request_id: Uuid,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// Rows, keys or objects erased per collection in the restored target.
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// An erasure that could not be replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreplayable {
+    /// Position in the erasure records.
+    pub seq: i64,
+    /// The erasure request.
+    pub request_id: Uuid,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// The erasure records replayed: those after this position.
+    pub after_seq: i64,
+    /// Every erasure replayed, in order.
+    pub replayed: Vec<Replayed>,
+    /// Erasures that could not be replayed (their identities were already minimised): the
+    /// restored data may still hold those subjects.
+    pub unreplayable: Vec<Unreplayable>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The backup.
+    pub backup_id: Uuid,
+    /// Its store.
+    pub store: String,
+    /// The store's kind.
+    pub kind: String,
+    /// The target, as given (never a URL).
+    pub target: String,
+    /// Bytes of the dump restored.
+    pub plaintext_bytes: u64,
+    /// Objects restored (S3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+    /// The erasures replayed afterwards; absent with `--no-replay`.
+    pub replay: Option<ReplayReport>,
+}
+
+/// Lists the catalog, newest first.
+pub async fn list(
+    ledger: &Ledger,
+    store: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<BackupRow>> {
+    let store = store
+        .map(StoreName::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    Ok(catalog::list(&ledger.pool, store.as_ref(), limit).await?)
+}
+
+/// The catalog row and the manifest of a completed backup, which must agree.
+async fn load(ledger: &Ledger, id: Uuid) -> anyhow::Result<(BackupRow, Manifest)> {
+    let row = catalog::get(&ledger.pool, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("there is no backup {id} in the catalog"))?;
+    if row.status != "completed" {
+        anyhow::bail!("backup {id} is {}, not completed", row.status);
+    }
+    let bytes = upload::get_small(&ledger.s3, &ledger.bucket, &row.manifest_key)
+        .await
+        .with_context(|| format!("while reading the manifest of backup {id}"))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the manifest of backup {id} is not valid"))?;
+    let agrees = manifest.backup_id == row.id
+        && manifest.object_key == row.object_key
+        && Some(manifest.ciphertext_sha256.as_str()) == row.sha256.as_deref()
+        && i64::try_from(manifest.ciphertext_bytes).ok() == row.bytes
+        && i64::try_from(manifest.plaintext_bytes).ok() == row.plaintext_bytes
+        && manifest.erasure_seq == row.erasure_seq;
+    if !agrees {
+        anyhow::bail!("the manifest of backup {id} disagrees with its catalog row; refusing it");
+    }
+    Ok((row, manifest))
+}
+
+/// Reads the whole object and checks its size and SHA-256 against the manifest.
+async fn check_object(
+    ledger: &Ledger,
+    row: &BackupRow,
+    manifest: &Manifest,
+) -> anyhow::Result<Downloaded> {
+    let seen = upload::download(&ledger.s3, &ledger.bucket, &row.object_key, None, None).await?;
+    same_as_manifest(row, manifest, &seen)?;
+    Ok(seen)
+}
+
+fn same_as_manifest(row: &BackupRow, manifest: &Manifest, seen: &Downloaded) -> anyhow::Result<()> {
+    if seen.bytes != manifest.ciphertext_bytes || seen.sha256 != manifest.ciphertext_sha256 {
+        anyhow::bail!(
+            "backup {} is damaged: its object has {} bytes with SHA-256 {}, its manifest records \
+             {} bytes with SHA-256 {}",
+            row.id,
+            seen.bytes,
+            seen.sha256,
+            manifest.ciphertext_bytes,
+            manifest.ciphertext_sha256
+        );
+    }
+    Ok(())
+}
+
+/// Checks a backup: the object's SHA-256 against its manifest and, given a way to decrypt,
+/// that it decrypts and decompresses to the recorded size.
+pub async fn verify(
+    ledger: &Ledger,
+    id: Uuid,
+    decrypt: Option<&Decrypt>,
+) -> anyhow::Result<VerifyReport> {
+    let (row, manifest) = load(ledger, id).await?;
+    let seen = check_object(ledger, &row, &manifest).await?;
+    let plaintext_bytes = match decrypt {
+        None => None,
+        Some(decrypt) => {
+            let ((), bytes) = decode(ledger, &row, &manifest, &seen, decrypt, |reader| {
+                std::io::copy(reader, &mut std::io::sink())?;
+                Ok(())
+            })
+            .await?;
+            Some(bytes)
+        }
+    };
+    Ok(VerifyReport {
+        backup_id: row.id,
+        store: row.store,
+        ciphertext_bytes: seen.bytes,
+        ciphertext_sha256: seen.sha256,
+        plaintext_bytes,
+    })
+}
+
+/// Reads the object a second time (pinned to the ETag of the checked read), decrypts and
+/// decompresses it into `sink` on a blocking thread, and checks the sizes and hash again.
+async fn decode<T, F>(
+    ledger: &Ledger,
+    row: &BackupRow,
+    manifest: &Manifest,
+    checked: &Downloaded,
+    decrypt: &Decrypt,
+    sink: F,
+) -> anyhow::Result<(T, u64)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Read) -> anyhow::Result<T> + Send + 'static,
+{
+    let (tx, rx) = pipeline::channel();
+    let download = upload::download(
+        &ledger.s3,
+        &ledger.bucket,
+        &row.object_key,
+        checked.etag.as_deref(),
+        Some(tx),
+    );
+    let (downloaded, gpg, decoded) = match decrypt {
+        Decrypt::SecretKey { path, passphrase } => {
+            let keys = {
+                use secrecy::ExposeSecret as _;
+                SecretKeys::load(path, passphrase.as_ref().map(|p| p.expose_secret()))?
+            };
+            let decoder = AbortOnDropHandle::new(pipeline::spawn_decoder(
+                rx,
+                Decryption::Keys(Box::new(keys)),
+                sink,
+            ));
+            let (downloaded, decoded) = tokio::join!(download, decoder);
+            (downloaded, Ok(()), decoded)
+        }
+        Decrypt::Gpg => {
+            let (plain_tx, plain_rx) = pipeline::channel();
+            let gpg = run_gpg(&ledger.tools().gpg, rx, plain_tx);
+            let decoder =
+                AbortOnDropHandle::new(pipeline::spawn_decoder(plain_rx, Decryption::Done, sink));
+            tokio::join!(download, gpg, decoder)
+        }
+    };
+    let decoded = decoded.map_err(anyhow::Error::new).and_then(|r| r);
+    let errors = [
+        downloaded.as_ref().err(),
+        gpg.as_ref().err(),
+        decoded.as_ref().err(),
+    ];
+    if let Some(error) = errors
+        .iter()
+        .flatten()
+        .find(|e| !is_stage_stopped(e))
+        .or(errors.iter().flatten().next())
+    {
+        anyhow::bail!("cannot read backup {}: {error:#}", row.id);
+    }
+    let (Ok(downloaded), Ok((value, bytes))) = (downloaded, decoded) else {
+        anyhow::bail!("cannot read backup {}", row.id);
+    };
+    same_as_manifest(row, manifest, &downloaded)?;
+    if bytes != manifest.plaintext_bytes {
+        anyhow::bail!(
+            "backup {} decompresses to {bytes} bytes, its manifest records {}",
+            row.id,
+            manifest.plaintext_bytes
+        );
+    }
+    Ok((value, bytes))
+}
+
+/// Decrypts with the operator's `gpg` (and its agent): ciphertext from `input` to its standard
+/// input, its standard output to `output`.
+async fn run_gpg(
+    program: &Path,
+    mut input: mpsc::Receiver<Chunk>,
+    output: mpsc::Sender<Chunk>,
+) -> anyhow::Result<()> {
+    let mut child = Command::new(program)
+        .args(["--batch", "--quiet", "--no-tty", "--decrypt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
+    let stderr = tools::stderr_tail(&mut child);
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        anyhow::bail!("gpg has no standard input or output");
+    };
+    let feed = async move {
+        while let Some(chunk) = input.recv().await {
+            let chunk = chunk.map_err(|e| anyhow::anyhow!("{e}"))?;
+            stdin.write_all(&chunk).await?;
+        }
+        stdin.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    let read = tools::forward(stdout, &output);
+    let (fed, read) = tokio::join!(feed, read);
+    let status = child.wait().await?;
+    let tail = stderr.await.unwrap_or_default();
+    if !status.success() {
+        let error = anyhow::anyhow!("gpg --decrypt failed ({status}): {tail}");
+        let _ = output
+            .send(Err(std::io::Error::other(error.to_string())))
+            .await;
+        return Err(error);
+    }
+    fed?;
+    read?;
+    Ok(())
+}
+
+/// The data-map entry of `store` pointed at `target`, connected.
+fn target_store(
+    settings: &Settings,
+    map: &DataMap,
+    store: &StoreName,
+    target: &Target,
+) -> anyhow::Result<ServedStore> {
+    let entry = map
+        .stores
+        .get(store)
+        .ok_or_else(|| anyhow::anyhow!("store `{store}` is not in the data map"))?;
+    let pointed = match (entry, target) {
+        (Store::Postgres(sql), Target::Env(variable)) => {
+            let mut sql = sql.clone();
+            sql.url_env = variable.clone();
+            Store::Postgres(sql)
+        }
+        (Store::Mysql(sql), Target::Env(variable)) => {
+            let mut sql = sql.clone();
+            sql.url_env = variable.clone();
+            Store::Mysql(sql)
+        }
+        (Store::Redis(redis), Target::Env(variable)) => {
+            let mut redis = redis.clone();
+            redis.url_env = variable.clone();
+            Store::Redis(redis)
+        }
+        (Store::S3(s3), Target::Bucket { bucket, prefix }) => {
+            let mut s3 = s3.clone();
+            s3.bucket = bucket.clone();
+            s3.prefixes = s3.prefixes.iter().map(|p| format!("{prefix}{p}")).collect();
+            Store::S3(s3)
+        }
+        (entry, _) => anyhow::bail!(
+            "a {} store is restored into {}",
+            Kind::of(entry).as_str(),
+            match Kind::of(entry) {
+                Kind::Postgres | Kind::Mysql =>
+                    "a database whose URL is in a variable: --target env:VAR",
+                Kind::Redis =>
+                    "a directory (restore) or a server whose URL is in a variable (replay): --target env:VAR",
+                Kind::S3 => "a bucket: --target s3://bucket[/prefix/]",
+            }
+        ),
+    };
+    let connection = stores::connect(store, &pointed, settings)?;
+    Ok(ServedStore {
+        name: store.clone(),
+        store: pointed,
+        connection,
+    })
+}
+
+fn load_map(settings: &Settings) -> anyhow::Result<DataMap> {
+    Ok(DataMap::load(&settings.data_map_path()?)?)
+}
+
+fn hasher(settings: &Settings) -> anyhow::Result<IdentityHasher> {
+    Ok(IdentityHasher::new(
+        settings.require_privacy()?.hash_key.clone(),
+    ))
+}
+
+/// Replays, against `target`, every erasure recorded after backup `row` was taken.
+async fn replay_into(
+    ledger: &Ledger,
+    row: &BackupRow,
+    target: &ServedStore,
+) -> anyhow::Result<ReplayReport> {
+    let connector = Connector::new(target, hasher(&ledger.settings)?)?;
+    let erasures = catalog::erasures_after(&ledger.pool, row.erasure_seq).await?;
+    let mut report = ReplayReport {
+        after_seq: row.erasure_seq,
+        ..ReplayReport::default()
+    };
+    for erasure in erasures {
+        let Some(identities) = erasure.identities else {
+            tracing::warn!(request.id = %erasure.request_id, erasure.seq = erasure.seq, "erasure cannot be replayed: its identities were minimised");
+            report.unreplayable.push(Unreplayable {
+                seq: erasure.seq,
+                request_id: erasure.request_id,
+                reason:
+                    "its identities were minimised; the subject may remain in the restored data"
+                        .into(),
+            });
+            continue;
+        };
+        let done = connector.erase(&identities.0).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot replay erasure {} (seq {}) in store `{}`: {e}",
+                erasure.request_id,
+                erasure.seq,
+                target.name
+            )
+        })?;
+        tracing::info!(
+            store = %target.name,
+            request.id = %erasure.request_id,
+            erasure.seq = erasure.seq,
+            erased = done.counts.values().sum::<u64>(),
+            "erasure replayed"
+        );
+        report.replayed.push(Replayed {
+            seq: erasure.seq,
+            request_id: erasure.request_id,
+            recorded_at: erasure.recorded_at,
+            counts: done.counts,
+        });
+    }
+    Ok(report)
+}
+
+/// Replays the erasures recorded after backup `id` against `target` (restored by other means).
+pub async fn replay(ledger: &Ledger, id: Uuid, target: &Target) -> anyhow::Result<ReplayReport> {
+    let row = catalog::get(&ledger.pool, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("there is no backup {id} in the catalog"))?;
+    let map = load_map(&ledger.settings)?;
+    let store = StoreName::parse(&row.store).map_err(anyhow::Error::msg)?;
+    let served = target_store(&ledger.settings, &map, &store, target)?;
+    replay_into(ledger, &row, &served).await
+}
+
+/// Restores backup `id` into `target` with the field's tool, then (with `replay`) replays
+/// every erasure recorded after the backup was taken.
+pub async fn restore(
+    ledger: &Ledger,
+    id: Uuid,
+    decrypt: &Decrypt,
+    target: &Target,
+    replay: bool,
+    scratch: Option<&RedisScratch>,
+) -> anyhow::Result<RestoreReport> {
+    let (row, manifest) = load(ledger, id).await?;
+    let map = load_map(&ledger.settings)?;
+    let store = StoreName::parse(&row.store).map_err(anyhow::Error::msg)?;
+    let entry = map
+        .stores
+        .get(&store)
+        .ok_or_else(|| anyhow::anyhow!("store `{store}` of backup {id} is not in the data map"))?;
+    let kind = Kind::of(entry);
+    if kind.as_str() != manifest.kind {
+        anyhow::bail!(
+            "backup {id} is of a {} store but the data map describes `{store}` as {}",
+            manifest.kind,
+            kind.as_str()
+        );
+    }
+    // Before anything is written to the target.
+    let checked = check_object(ledger, &row, &manifest)
+        .await
+        .with_context(|| format!("refusing to restore backup {id}"))?;
+    let tools = ledger.tools().clone();
+    let clock = Instant::now();
+    let mut objects = None;
+    let served = match (kind, target) {
+        (Kind::Postgres, Target::Env(_)) => {
+            let mut command = tools::postgres(&target.url()?)?.command(&tools.pg_restore);
+            command.args([
+                "--exit-on-error",
+                "--single-transaction",
+                "--no-owner",
+                "--no-privileges",
+                "--no-password",
+            ]);
+            restore_through(
+                ledger,
+                &row,
+                &manifest,
+                &checked,
+                decrypt,
+                "pg_restore",
+                command,
+            )
+            .await?;
+            Some(target_store(&ledger.settings, &map, &store, target)?)
+        }
+        (Kind::Mysql, Target::Env(_)) => {
+            let (invocation, database) = tools::mysql(&target.url()?)?;
+            let mut command = invocation.command(&tools.mariadb);
+            command.arg("--binary-mode").arg(database);
+            restore_through(
+                ledger, &row, &manifest, &checked, decrypt, "mariadb", command,
+            )
+            .await?;
+            Some(target_store(&ledger.settings, &map, &store, target)?)
+        }
+        (Kind::Redis, Target::Dir(dir)) => {
+            let file = dir.join("dump.rdb");
+            if file.exists() {
+                anyhow::bail!(
+                    "{} exists already; restore into an empty directory",
+                    file.display()
+                );
+            }
+            let path = file.clone();
+            decode(ledger, &row, &manifest, &checked, decrypt, move |reader| {
+                let mut out = std::fs::File::create_new(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                std::io::copy(reader, &mut out)?;
+                out.sync_all()?;
+                Ok(())
+            })
+            .await?;
+            None
+        }
+        (Kind::S3, Target::Bucket { .. }) => {
+            let served = target_store(&ledger.settings, &map, &store, target)?;
+            let (StoreConnection::S3(client), Store::S3(spec)) =
+                (&served.connection, &served.store)
+            else {
+                anyhow::bail!("store `{store}` is not an S3 store");
+            };
+            lethe_common::s3::ensure_bucket(client, &spec.bucket).await?;
+            let prefix = match target {
+                Target::Bucket { prefix, .. } => prefix.clone(),
+                _ => String::new(),
+            };
+            let (count, _) = decode(
+                ledger,
+                &row,
+                &manifest,
+                &checked,
+                decrypt,
+                untar_into(client.clone(), spec.bucket.clone(), prefix),
+            )
+            .await?;
+            objects = Some(count);
+            Some(served)
+        }
+        (kind, _) => anyhow::bail!(
+            "a {} backup is restored into {}",
+            kind.as_str(),
+            match kind {
+                Kind::Postgres | Kind::Mysql =>
+                    "a database whose URL is in a variable: --target env:VAR",
+                Kind::Redis => "a directory: --target DIR (dump.rdb lands there)",
+                Kind::S3 => "a bucket: --target s3://bucket[/prefix/]",
+            }
+        ),
+    };
+    tracing::info!(
+        store = %store,
+        backup.id = %id,
+        plaintext_bytes = manifest.plaintext_bytes,
+        duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "backup restored"
+    );
+    let report = if !replay {
+        None
+    } else if let Some(served) = served {
+        Some(replay_into(ledger, &row, &served).await?)
+    } else if let Target::Dir(dir) = target {
+        let scratch = scratch.ok_or_else(|| {
+            anyhow::anyhow!("a Redis restore with replay needs a scratch directory for its server")
+        })?;
+        Some(
+            replay_redis(
+                ledger,
+                &row,
+                &map,
+                &store,
+                dir,
+                scratch,
+                &tools.redis_server,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(RestoreReport {
+        backup_id: id,
+        store: row.store.clone(),
+        kind: kind.as_str().into(),
+        target: target.describe(),
+        plaintext_bytes: manifest.plaintext_bytes,
+        objects,
+        replay: report,
+    })
+}
+
+/// Restores through a tool reading the dump on its standard input.
+async fn restore_through(
+    ledger: &Ledger,
+    row: &BackupRow,
+    manifest: &Manifest,
+    checked: &Downloaded,
+    decrypt: &Decrypt,
+    name: &str,
+    command: Command,
+) -> anyhow::Result<()> {
+    let (tx, rx) = pipeline::channel();
+    let decoded = decode(ledger, row, manifest, checked, decrypt, move |reader| {
+        pipeline::pump(reader, tx)
+    });
+    let restored = tools::run_sink(name, command, rx);
+    let (decoded, restored) = tokio::join!(decoded, restored);
+    match (decoded, restored) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(error), _) => Err(error),
+        (Ok(_), Err(error)) => Err(error),
+    }
+}
+
+/// A sink that writes every regular file of a tar stream as an object of `bucket` (named by
+/// `prefix` + its path); returns how many.
+fn untar_into(
+    client: Client,
+    bucket: String,
+    prefix: String,
+) -> impl FnOnce(&mut dyn Read) -> anyhow::Result<u64> + Send + 'static {
+    let runtime = tokio::runtime::Handle::current();
+    move |reader| {
+        let mut archive = tar::Archive::new(reader);
+        let mut count = 0u64;
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            // Object keys name subjects: errors never quote them.
+            let key = String::from_utf8(entry.path_bytes().into_owned())
+                .map_err(|_| anyhow::anyhow!("an entry's name is not UTF-8"))?;
+            let key = format!("{prefix}{key}");
+            let size = entry.size();
+            if size <= RESTORE_PART {
+                let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                entry.read_to_end(&mut body)?;
+                runtime
+                    .block_on(upload::put(&client, &bucket, &key, body.into()))
+                    .map_err(|_| anyhow::anyhow!("cannot write an object to bucket {bucket}"))?;
+            } else {
+                let upload = runtime.block_on(Multipart::start(&client, &bucket, &key))?;
+                let (tx, rx) = pipeline::channel();
+                let parts = {
+                    let upload = upload.clone();
+                    runtime.spawn(async move { upload.upload(rx, RESTORE_PART, 2).await })
+                };
+                let mut writer = ChannelWriter::new(tx);
+                let copied = std::io::copy(&mut entry, &mut writer)
+                    .map_err(anyhow::Error::new)
+                    .and_then(|_| Ok(writer.finish()?));
+                let parts = runtime.block_on(parts);
+                match (copied, parts) {
+                    (Ok(_), Ok(Ok(parts))) => runtime.block_on(upload.complete(parts))?,
+                    (copied, parts) => {
+                        runtime.block_on(upload.abort());
+                        copied?;
+                        parts??;
+                        anyhow::bail!("cannot write an object to bucket {bucket}");
+                    }
+                }
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+/// Starts `redis-server` on the restored RDB (on a Unix socket only), replays the erasures
+/// against it, saves the result back to `dir/dump.rdb` and stops it.
+async fn replay_redis(
+    ledger: &Ledger,
+    row: &BackupRow,
+    map: &DataMap,
+    store: &StoreName,
+    dir: &Path,
+    scratch: &RedisScratch,
+    program: &Path,
+) -> anyhow::Result<ReplayReport> {
+    let socket = scratch.dir.join("redis.sock");
+    let dir = std::fs::canonicalize(dir)?;
+    let mut child = Command::new(program)
+        .arg("--port")
+        .arg("0")
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--unixsocketperm")
+        .arg("700")
+        .arg("--dir")
+        .arg(&dir)
+        .args([
+            "--dbfilename",
+            "dump.rdb",
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
+    let output = tools::stderr_tail(&mut child);
+    // Its log goes to standard output; keep the pipe drained.
+    if let Some(mut stdout) = child.stdout.take() {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+        });
+    }
+    let client = redis::Client::open(format!("unix://{}", socket.display()))?;
+    let mut connection = None;
+    let deadline = Instant::now() + REDIS_START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!(
+                "redis-server stopped ({status}) on the restored RDB: {}",
+                output.await.unwrap_or_default()
+            );
+        }
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            // PING answers LOADING until the RDB is loaded.
+            if redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
+            {
+                connection = Some(c);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut connection = connection
+        .ok_or_else(|| anyhow::anyhow!("redis-server did not load the restored RDB in time"))?;
+    let served = target_store(
+        &ledger.settings,
+        map,
+        store,
+        &Target::Env(scratch.url_env.clone()),
+    )?;
+    let report = replay_into(ledger, row, &served).await;
+    let saved = redis::cmd("SAVE")
+        .query_async::<String>(&mut connection)
+        .await;
+    let _ = redis::cmd("SHUTDOWN")
+        .arg("NOSAVE")
+        .query_async::<()>(&mut connection)
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    if status.is_err() {
+        child.start_kill().ok();
+    }
+    let report = report?;
+    saved.map_err(|e| anyhow::anyhow!("redis-server could not save the replayed RDB: {e}"))?;
+    Ok(report)
+}
