@@ -33,7 +33,7 @@ FROM debian:bookworm-slim
 # postgresql-client from apt.postgresql.org.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates libssl3 curl postgresql-client mariadb-client redis-tools zstd \
+        ca-certificates libssl3 curl postgresql-client mariadb-client redis-tools redis-server gnupg zstd \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/lethe --create-home lethe
 COPY --from=builder /out/ /usr/local/bin/

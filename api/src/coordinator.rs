@@ -20,6 +20,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{RequestKind, RequestStatus};
+use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, Planner};
 use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
 
@@ -29,6 +30,8 @@ pub struct Coordinator {
     pool: PgPool,
     planner: Arc<Planner>,
     names: Names,
+    outbox: OutboxSignal,
+    export_ttl: Duration,
 }
 
 /// What applying one result did.
@@ -42,12 +45,20 @@ pub enum Applied {
 
 impl Coordinator {
     /// A coordinator on the ledger `pool`.
-    pub fn new(pool: PgPool, planner: Arc<Planner>, names: Names) -> Self {
+    pub fn new(pool: PgPool, planner: Arc<Planner>, names: Names, outbox: OutboxSignal) -> Self {
         Self {
             pool,
             planner,
             names,
+            outbox,
+            export_ttl: Duration::from_secs(7 * 24 * 3600),
         }
+    }
+
+    /// How long an assembled export stays available (`api.export_ttl`; 7 days unless set).
+    pub fn with_export_ttl(mut self, ttl: Duration) -> Self {
+        self.export_ttl = ttl;
+        self
     }
 
     /// Consumes results until `shutdown` (or idleness), applying up to `concurrency` at once.
@@ -186,6 +197,16 @@ impl Coordinator {
                 .bind(result.finished_at)
                 .execute(&mut *tx)
                 .await?;
+                if result.task == TaskKind::Assemble {
+                    record_export(
+                        &mut tx,
+                        request.id,
+                        report,
+                        result.finished_at,
+                        self.export_ttl,
+                    )
+                    .await?;
+                }
                 if result.task == TaskKind::Resolve && !report.derived.is_empty() {
                     let merged = merge(request.identities.as_ref().map(|j| &j.0), &report.derived);
                     sqlx::query("UPDATE request SET identities = $2 WHERE id = $1")
@@ -241,6 +262,7 @@ impl Coordinator {
             self.advance(&mut tx, &request).await?;
         }
         tx.commit().await?;
+        self.outbox.wake();
         Ok(Applied::Recorded)
     }
 
@@ -387,7 +409,13 @@ impl Coordinator {
         .await?;
         let mut totals: BTreeMap<String, u64> = BTreeMap::new();
         for (store, per_collection) in counts {
-            *totals.entry(store).or_default() += per_collection.0.values().sum::<u64>();
+            // Records only: an export task also reports its `bytes`, which are no records.
+            *totals.entry(store).or_default() += per_collection
+                .0
+                .iter()
+                .filter(|(name, _)| name.as_str() != "bytes")
+                .map(|(_, count)| count)
+                .sum::<u64>();
         }
         requests::audit(
             tx,
@@ -433,6 +461,37 @@ impl Coordinator {
         metrics::counter!("lethe_requests_total", "kind" => request.kind().as_str(), "status" => status.as_str()).increment(1);
         Ok(())
     }
+}
+
+/// Records the archive an assemble task reported, available for `ttl` from when it was
+/// assembled. Only the first result of the task gets here; a second row for the request would
+/// change nothing.
+async fn record_export(
+    tx: &mut Transaction<'_, Postgres>,
+    request: lethe_common::ids::RequestId,
+    report: &lethe_common::messages::TaskReport,
+    assembled_at: chrono::DateTime<Utc>,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let (Some(key), Some(bytes), Some(sha256)) = (&report.object_key, report.bytes, &report.sha256)
+    else {
+        tracing::warn!(request.id = %request, "an assemble result names no archive; no export recorded");
+        return Ok(());
+    };
+    let expires_at = assembled_at + chrono::Duration::from_std(ttl)?;
+    sqlx::query(
+        "INSERT INTO export (request_id, object_key, bytes, sha256, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request)
+    .bind(key)
+    .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+    .bind(sha256)
+    .bind(assembled_at)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The union of two identity sets, each value once, sorted.

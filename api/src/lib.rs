@@ -4,6 +4,7 @@ pub mod audit;
 pub mod coordinator;
 pub mod deadlines;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod keys;
 pub mod model;
@@ -59,6 +60,10 @@ pub struct AppState {
     pub body_limit: BodyLimit,
     /// Signs receipts.
     pub receipts: Arc<ReceiptSigner>,
+    /// Where exports are and how long their download links live.
+    pub exports: export::Exports,
+    /// Wakes the outbox relay.
+    pub outbox: outbox::OutboxSignal,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -140,6 +145,8 @@ impl App {
                 keys: KeyCache::new(settings.api.key_cache_ttl),
                 body_limit: BodyLimit(settings.api.body_limit_bytes),
                 receipts,
+                exports: export::Exports::new(settings),
+                outbox: outbox::OutboxSignal::default(),
             },
             settings: settings.clone(),
             publisher,
@@ -168,7 +175,9 @@ impl App {
             self.state.pool.clone(),
             self.state.planner.clone(),
             self.state.names.clone(),
-        );
+            self.state.outbox.clone(),
+        )
+        .with_export_ttl(self.settings.api.export_ttl);
         let concurrency = self.settings.api.coordinator_concurrency;
         let stop = background.clone();
         let consumer = self.consumer;
@@ -177,7 +186,11 @@ impl App {
                 .run(consumer, concurrency, stop, RunMode::UntilShutdown)
                 .await
         });
-        let relay = outbox::Relay::new(self.state.pool.clone(), self.publisher.jetstream().clone());
+        let relay = outbox::Relay::new(
+            self.state.pool.clone(),
+            self.publisher.jetstream().clone(),
+            self.state.outbox.clone(),
+        );
         tasks.spawn(relay.run(background.clone()));
         tasks.spawn(audit::run_sealer(
             self.state.pool.clone(),
@@ -219,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/cancel", post(routes::cancel))
         .route("/v1/requests/{id}/extend", post(routes::extend))
         .route("/v1/requests/{id}/receipt", get(routes::receipt))
+        .route("/v1/requests/{id}/export", get(export::download))
         .route("/v1/receipt-key", get(routes::receipt_key))
         .route(
             "/openapi.json",

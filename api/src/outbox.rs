@@ -3,6 +3,7 @@
 //! they are published. A message published but not yet deleted when a relay dies is published
 //! again by the next one and dropped by JetStream as a duplicate (`Nats-Msg-Id`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -10,19 +11,39 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use lethe_common::nats::TRACEPARENT;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use sqlx::types::Json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-use crate::requests::OUTBOX_CHANNEL;
 
 /// Rows relayed per transaction.
 const BATCH: i64 = 500;
+
+/// Wakes this process's relay when this process wrote to the outbox. In-process on purpose:
+/// a PostgreSQL `NOTIFY` would serialise every committing transaction on the notification
+/// queue's lock. Rows written by other processes are found by the relay's periodic poll (and
+/// by their own relays).
+#[derive(Debug, Clone, Default)]
+pub struct OutboxSignal(Arc<Notify>);
+
+impl OutboxSignal {
+    /// Wakes the relay.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// How often the relay looks at the outbox without being woken.
+const POLL: Duration = Duration::from_millis(500);
 
 /// Publishes the outbox to NATS.
 pub struct Relay {
     pool: PgPool,
     jetstream: jetstream::Context,
+    signal: OutboxSignal,
 }
 
 #[derive(sqlx::FromRow)]
@@ -35,26 +56,17 @@ struct Row {
 }
 
 impl Relay {
-    /// A relay from `pool` to `jetstream`.
-    pub fn new(pool: PgPool, jetstream: jetstream::Context) -> Self {
-        Self { pool, jetstream }
+    /// A relay from `pool` to `jetstream`, woken by `signal`.
+    pub fn new(pool: PgPool, jetstream: jetstream::Context, signal: OutboxSignal) -> Self {
+        Self {
+            pool,
+            jetstream,
+            signal,
+        }
     }
 
-    /// Relays until `shutdown`: woken by the ledger's notifications, and every second anyway.
+    /// Relays until `shutdown`: when woken, and every half second anyway.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut listener) => match listener.listen(OUTBOX_CHANNEL).await {
-                Ok(()) => Some(listener),
-                Err(error) => {
-                    tracing::warn!(error = %error, "cannot listen for outbox notifications; polling");
-                    None
-                }
-            },
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot listen for outbox notifications; polling");
-                None
-            }
-        };
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             match self.relay_batch().await {
@@ -78,19 +90,9 @@ impl Relay {
                     continue;
                 }
             }
-            let wait = async {
-                match listener.as_mut() {
-                    Some(listener) => {
-                        if listener.recv().await.is_err() {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
             tokio::select! {
-                () = wait => {},
-                () = tokio::time::sleep(Duration::from_secs(1)) => {},
+                () = self.signal.woken() => {},
+                () = tokio::time::sleep(POLL) => {},
                 () = shutdown.cancelled() => {},
             }
         }

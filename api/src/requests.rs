@@ -16,11 +16,9 @@ use sqlx::{PgPool, Postgres, Transaction};
 use crate::deadlines;
 use crate::error::ApiError;
 use crate::model::{Accepted, RequestKind, RequestStatus};
+use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, PlannedTask, Planner};
 use crate::validate::ValidRequest;
-
-/// Channel on which the ledger announces new outbox rows to the relay.
-pub const OUTBOX_CHANNEL: &str = "lethe_outbox";
 
 /// A request as the ledger holds it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -188,7 +186,7 @@ impl Outgoing {
         Ok(())
     }
 
-    /// Writes the messages to the outbox within `tx`, and wakes the relay on commit.
+    /// Writes the messages to the outbox within `tx`; wake the relay after the commit.
     pub async fn write(self, tx: &mut Transaction<'_, Postgres>) -> sqlx::Result<()> {
         if self.subjects.is_empty() {
             return Ok(());
@@ -203,10 +201,6 @@ impl Outgoing {
         .bind(&self.payloads)
         .execute(&mut **tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&mut **tx)
-            .await?;
         Ok(())
     }
 }
@@ -253,6 +247,8 @@ pub struct Intake<'a> {
     pub planner: &'a Planner,
     /// Keyed hashing.
     pub hasher: &'a IdentityHasher,
+    /// Wakes the outbox relay.
+    pub outbox: &'a OutboxSignal,
 }
 
 impl Intake<'_> {
@@ -332,7 +328,7 @@ impl Intake<'_> {
                 INSERT INTO audit_event (tenant_id, request_id, kind, detail, at)
                 SELECT $2, r.id, 'request.received', $23, $14 FROM r
              )
-             SELECT r.id FROM r, LATERAL (SELECT pg_notify($24, '')) n",
+             SELECT r.id FROM r",
         )
         .bind(id)
         .bind(tenant)
@@ -357,11 +353,11 @@ impl Intake<'_> {
         .bind(&outgoing.traceparents)
         .bind(&outgoing.payloads)
         .bind(Json(&audit))
-        .bind(OUTBOX_CHANNEL)
         .fetch_optional(self.pool)
         .await?;
 
         if inserted.is_some() {
+            self.outbox.wake();
             return Ok((
                 Accepted {
                     id,
@@ -556,6 +552,7 @@ async fn lock_owned(
 pub async fn cancel(
     pool: &PgPool,
     names: &Names,
+    outbox: &OutboxSignal,
     tenant: TenantId,
     id: RequestId,
 ) -> Result<RequestRow, ApiError> {
@@ -599,6 +596,7 @@ pub async fn cancel(
     )?;
     outgoing.write(&mut tx).await?;
     tx.commit().await?;
+    outbox.wake();
     metrics::counter!("lethe_requests_total", "kind" => row.kind().as_str(), "status" => "cancelled").increment(1);
     fetch(pool, tenant, id).await?.ok_or(ApiError::NotFound)
 }

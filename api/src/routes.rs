@@ -85,6 +85,7 @@ pub async fn create(
         names: &state.names,
         planner: &state.planner,
         hasher: &state.hasher,
+        outbox: &state.outbox,
     };
     let fingerprint = idempotency_key
         .as_ref()
@@ -375,7 +376,14 @@ pub async fn cancel(
 ) -> Result<Json<Accepted>, ApiError> {
     caller.require(Scope::RequestsWrite)?;
     let row = owned(&state, &caller, &id).await?;
-    let row = requests::cancel(&state.pool, &state.names, caller.0.tenant_id, row.id).await?;
+    let row = requests::cancel(
+        &state.pool,
+        &state.names,
+        &state.outbox,
+        caller.0.tenant_id,
+        row.id,
+    )
+    .await?;
     Ok(Json(row.accepted()))
 }
 

@@ -111,6 +111,25 @@ subject_email() {
   jq -er '.email' <<<"$json" 2>/dev/null
 }
 
+# ensure_operator_key: a local operator's OpenPGP key, made once with gpg, whose public
+# certificate the backup daemon encrypts to (it refuses to run without a recipient). The secret
+# key stays beside it for `lethe-backup restore --secret-key`. A real deployment configures its
+# operators' certificates in [backups] recipients instead.
+ensure_operator_key() {
+  local op=$LETHE_RUN/operator
+  if [[ ! -s $op/ops.asc ]]; then
+    install -d -m 700 "$op" "$op/gnupg"
+    GNUPGHOME="$op/gnupg" gpg --batch --quiet --passphrase '' \
+      --quick-gen-key 'Lethe local operator <ops@lethe.invalid>' default default 0 2>>"$LETHE_LOGS/gpg.log"
+    GNUPGHOME="$op/gnupg" gpg --batch --armor --export ops@lethe.invalid >"$op/ops.asc"
+    GNUPGHOME="$op/gnupg" gpg --batch --armor --pinentry-mode loopback --passphrase '' \
+      --export-secret-keys ops@lethe.invalid >"$op/ops.key"
+    chmod 600 "$op/ops.key"
+    info "operator key: made $op/ops.asc (public) and $op/ops.key (secret, for restores)"
+  fi
+  export LETHE__BACKUPS__RECIPIENTS="[\"$op/ops.asc\"]"
+}
+
 start_daemon() {
   local name=$1 exe=lethe-$1 bin pidfile log pid
   pidfile=$LETHE_RUN/$exe.pid

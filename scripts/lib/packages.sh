@@ -35,6 +35,7 @@ missing_packages() {
   have gpg || echo gnupg
   have zstd || echo zstd
   have jq || echo jq
+  have unzip || echo unzip
   have pkg-config || echo pkg-config
   [[ -e /usr/include/openssl/ssl.h ]] || echo libssl-dev
   { have cc && have make; } || echo build-essential

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 pub mod api;
+pub mod backup_support;
 pub mod digest;
 pub mod eraser_support;
+pub mod exporter_support;
 mod namespace;
 mod nats;
 pub mod process;

@@ -389,7 +389,7 @@ async fn erasure(
         ),
     ];
     let map = lethe_tests::sample_datamap(&options)?;
-    let extra = format!("[eraser]\nconcurrency = {eraser_concurrency}\n");
+    let extra = format!("[eraser]\nlisten = \"127.0.0.1:0\"\nconcurrency = {eraser_concurrency}\n");
     let deployment = Deployment::new(&services, &map, env, &extra).await?;
     let api = deployment.start("lethe-api", "LETHE__API__LISTEN").await?;
     let mut eraser_processes = Vec::new();

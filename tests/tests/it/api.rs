@@ -546,6 +546,7 @@ async fn a_result_delivered_twice_changes_nothing() {
             lethe_common::datamap::DataMap::parse(lethe_tests::api::API_TEST_DATA_MAP).unwrap(),
         )),
         api.names(),
+        lethe_api::outbox::OutboxSignal::default(),
     );
     let result = TaskResult {
         request_id: id,

@@ -184,7 +184,7 @@ fn a_daemon_process_exits_cleanly_on_sigterm() {
         &deployment.ns,
         ledger.as_deref(),
         Some(&s3.bucket),
-        None,
+        deployment.settings.data_map.as_deref(),
     );
     let config = support::write_temp(&dir, "lethe.toml", &text);
     let mut child = std::process::Command::new(support::binary("lethe-backup"))

@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod backup;
 mod config_errors;
 mod contract;
 mod daemons;
 mod eraser;
+mod exporter;
 mod harness;
 mod privacy;
 mod sample;

@@ -41,6 +41,12 @@ pub fn settings_toml(
     for daemon in ["eraser", "exporter", "backup", "retention"] {
         text.push_str(&format!("[{daemon}]\nlisten = \"127.0.0.1:0\"\n\n"));
     }
+    text.push_str(&format!(
+        "[backups]\nrecipients = [{:?}]\nschedule = {{ default = \"off\" }}\n\n",
+        lethe_tests::backup_support::fixture_recipient()
+            .display()
+            .to_string(),
+    ));
     text
 }
 
