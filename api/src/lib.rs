@@ -115,18 +115,8 @@ impl App {
         let consumer =
             nats::provision_consumer(publisher.jetstream(), &names, &settings.nats, &spec).await?;
         let listener = ops::bind(settings.api.listen).await?;
-        let ledger_pool = pool.clone();
         let readiness = Readiness::new()
-            .check("ledger", move || {
-                let pool = ledger_pool.clone();
-                async move {
-                    sqlx::query("SELECT 1")
-                        .execute(&pool)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                }
-            })
+            .ledger(pool.clone())
             .check("nats", move || {
                 let state = client.connection_state();
                 async move {

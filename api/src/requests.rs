@@ -171,15 +171,7 @@ impl Outgoing {
     /// Adds an event for outside consumers.
     pub fn event(&mut self, names: &Names, event: &Event) -> Result<(), ApiError> {
         self.subjects.push(names.event_subject(&event.kind));
-        self.message_ids.push(format!(
-            "{}.{}.{}",
-            event.kind,
-            event
-                .request_id
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
-            event.at.timestamp_micros()
-        ));
+        self.message_ids.push(event.message_id());
         self.traceparents.push(None);
         self.payloads
             .push(serde_json::to_string(event).map_err(anyhow::Error::from)?);
@@ -532,6 +524,17 @@ pub async fn audit(
     Ok(())
 }
 
+/// Refuses to change a request that has finished.
+fn ensure_open(row: &RequestRow) -> Result<(), ApiError> {
+    if row.status().is_terminal() {
+        return Err(ApiError::Conflict {
+            code: "request_finished",
+            detail: format!("the request is already {}", row.status().as_str()),
+        });
+    }
+    Ok(())
+}
+
 /// Locks a tenant's request for an update within `tx`.
 async fn lock_owned(
     tx: &mut Transaction<'_, Postgres>,
@@ -558,12 +561,7 @@ pub async fn cancel(
 ) -> Result<RequestRow, ApiError> {
     let mut tx = pool.begin().await?;
     let row = lock_owned(&mut tx, tenant, id).await?;
-    if row.status().is_terminal() {
-        return Err(ApiError::Conflict {
-            code: "request_finished",
-            detail: format!("the request is already {}", row.status().as_str()),
-        });
-    }
+    ensure_open(&row)?;
     sqlx::query(
         "UPDATE request SET status = 'cancelled', phase = 'done', updated_at = now() WHERE id = $1",
     )
@@ -617,12 +615,7 @@ pub async fn extend(
             detail: "a request's deadline can be extended only once".to_owned(),
         });
     }
-    if row.status().is_terminal() {
-        return Err(ApiError::Conflict {
-            code: "request_finished",
-            detail: format!("the request is already {}", row.status().as_str()),
-        });
-    }
+    ensure_open(&row)?;
     let due = deadlines::extended(row.due_at, months);
     sqlx::query(
         "UPDATE request SET due_at = $2, extended_at = now(), extension_reason = $3, updated_at = now() WHERE id = $1",

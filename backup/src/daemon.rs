@@ -298,7 +298,7 @@ async fn handle(shared: Arc<Shared>, message: Message) {
         }
     };
     tracing::info!(subject = %subject, stores = stores.len(), delivery = deliveries, "backup run command");
-    let heartbeat = heartbeat(&message, shared.config.ack_wait).drop_guard();
+    let heartbeat = lethe_common::worker::heartbeat(&message, shared.config.ack_wait).drop_guard();
     let outcomes = futures::future::join_all(
         stores
             .iter()
@@ -341,30 +341,6 @@ async fn acknowledge(message: &Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(error = %error, "cannot acknowledge a backup run command; it will come back");
     }
-}
-
-/// Sends `Progress` at a third of the ack wait until cancelled.
-fn heartbeat(message: &Message, ack_wait: Duration) -> CancellationToken {
-    let stop = CancellationToken::new();
-    let every = (ack_wait / 3).max(Duration::from_millis(100));
-    let reply = message.reply.clone();
-    let client = message.context.client();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        let Some(reply) = reply else { return };
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return,
-                () = tokio::time::sleep(every) => {
-                    let progress: bytes::Bytes = AckKind::Progress.into();
-                    if client.publish(reply.clone(), progress).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    stop
 }
 
 #[cfg(test)]

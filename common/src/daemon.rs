@@ -177,17 +177,7 @@ impl LedgerWorker {
         crate::s3::ensure_bucket(&s3, &s3_settings.bucket).await?;
         let daemon = WorkerDaemon::start(name, settings, worker).await?;
         daemon.consumer(durable).await?;
-        let ledger = pool.clone();
-        let readiness = Readiness::new().check("ledger", move || {
-            let pool = ledger.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        });
+        let readiness = Readiness::new().ledger(pool.clone());
         Ok(Self {
             daemon,
             pool,

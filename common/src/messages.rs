@@ -242,6 +242,19 @@ pub struct Event {
     pub at: DateTime<Utc>,
 }
 
+impl Event {
+    /// The `Nats-Msg-Id` of this event: kind, request and time, so the same event published
+    /// twice (a relay retry) is stored once.
+    pub fn message_id(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.kind,
+            self.request_id.map(|id| id.to_string()).unwrap_or_default(),
+            self.at.timestamp_micros()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

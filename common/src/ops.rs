@@ -44,6 +44,20 @@ impl Readiness {
         self
     }
 
+    /// Adds the check that the ledger (or any PostgreSQL pool) answers, named `ledger`.
+    pub fn ledger(self, pool: sqlx::PgPool) -> Self {
+        self.check("ledger", move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
     /// Runs every check (each bounded to two seconds) and reports them by name.
     pub async fn evaluate(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
         let mut report = serde_json::Map::new();

@@ -269,7 +269,7 @@ impl<H: Handler> TaskContext<H> {
         let started = Instant::now();
         // A guard, so the heartbeat also stops when this future is aborted at the drain
         // timeout: otherwise it would hold the lease of an abandoned task forever.
-        let heartbeat = self.heartbeat(&message).drop_guard();
+        let heartbeat = heartbeat(&message, self.settings.ack_wait).drop_guard();
         let outcome = self.handler.handle(task.clone()).await;
         drop(heartbeat);
         let elapsed = started.elapsed();
@@ -341,31 +341,6 @@ impl<H: Handler> TaskContext<H> {
         );
     }
 
-    /// Sends `Progress` at a third of the ack wait until cancelled, so long work keeps its
-    /// lease instead of being delivered to another worker.
-    fn heartbeat(&self, message: &Message) -> CancellationToken {
-        let stop = CancellationToken::new();
-        let every = (self.settings.ack_wait / 3).max(Duration::from_millis(100));
-        let reply = message.reply.clone();
-        let client = message.context.client();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let Some(reply) = reply else { return };
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(every) => {
-                        let progress: bytes::Bytes = AckKind::Progress.into();
-                        if client.publish(reply.clone(), progress).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        stop
-    }
-
     async fn acknowledge(&self, message: &Message, kind: AckKind) {
         if let Err(error) = message.ack_with(kind).await {
             tracing::warn!(error = %error, "cannot acknowledge; JetStream will deliver the task again");
@@ -410,6 +385,31 @@ impl<H: Handler> TaskContext<H> {
         metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => "unknown", "outcome" => "dead_lettered").increment(1);
         self.acknowledge(message, AckKind::Term).await;
     }
+}
+
+/// Sends `Progress` for `message` at a third of `ack_wait` until the returned token is
+/// cancelled, so long work keeps its lease instead of being delivered to another worker.
+pub fn heartbeat(message: &Message, ack_wait: Duration) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let reply = message.reply.clone();
+    let client = message.context.client();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let Some(reply) = reply else { return };
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(every) => {
+                    let progress: bytes::Bytes = AckKind::Progress.into();
+                    if client.publish(reply.clone(), progress).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    stop
 }
 
 /// Describes a decoding error by its class and position only: serde's own message can quote

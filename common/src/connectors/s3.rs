@@ -38,36 +38,19 @@ impl S3Connector {
             "store `{}`, bucket `{}`: {action} failed",
             self.store, self.spec.bucket
         );
-        let transient =
-            |detail: &str| TaskError::Transient(anyhow::anyhow!("{detail}").context(place.clone()));
-        match error {
-            SdkError::TimeoutError(_) => transient("timed out"),
-            SdkError::DispatchFailure(_) => transient("cannot reach the S3 endpoint"),
-            SdkError::ResponseError(_) => transient("unreadable response"),
-            SdkError::ConstructionFailure(_) => TaskError::Permanent {
-                code: "store_config",
-                reason: format!("{place}: the request could not be built"),
-            },
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().unwrap_or("unknown").to_owned();
-                let retryable = matches!(
-                    code.as_str(),
-                    "SlowDown"
-                        | "InternalError"
-                        | "ServiceUnavailable"
-                        | "RequestTimeout"
-                        | "RequestTimeTooSkewed"
-                );
-                if retryable {
-                    transient(&format!("S3 error {code}"))
-                } else {
-                    TaskError::Permanent {
-                        code: "store_error",
-                        reason: format!("{place}: S3 error {code}"),
-                    }
-                }
+        let failure = crate::s3::TransferError::from_sdk("S3 request", error);
+        if failure.retryable {
+            TaskError::Transient(anyhow::anyhow!("{}", failure.detail).context(place))
+        } else {
+            let code = if matches!(error, SdkError::ConstructionFailure(_)) {
+                "store_config"
+            } else {
+                "store_error"
+            };
+            TaskError::Permanent {
+                code,
+                reason: format!("{place}: {}", failure.detail),
             }
-            _ => transient("S3 client error"),
         }
     }
 

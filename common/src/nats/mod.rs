@@ -168,16 +168,8 @@ impl Publisher {
     /// Publishes an event.
     pub async fn event(&self, event: &Event) -> Result<(), PublishError> {
         let subject = self.names.event_subject(&event.kind);
-        let id = format!(
-            "{}.{}.{}",
-            event.kind,
-            event
-                .request_id
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
-            event.at.timestamp_nanos_opt().unwrap_or_default()
-        );
-        self.publish(subject, &id, None, event).await
+        self.publish(subject, &event.message_id(), None, event)
+            .await
     }
 
     /// Publishes `body` as JSON on `subject` with the de-duplication id and trace context, and
