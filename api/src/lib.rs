@@ -6,6 +6,7 @@ pub mod deadlines;
 pub mod error;
 pub mod export;
 pub mod extract;
+pub mod incidents;
 pub mod keys;
 pub mod model;
 pub mod openapi;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub exports: export::Exports,
     /// Wakes the outbox relay.
     pub outbox: outbox::OutboxSignal,
+    /// The breach register's clock and census client.
+    pub incidents: incidents::Incidents,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -115,6 +118,7 @@ impl App {
         let consumer =
             nats::provision_consumer(publisher.jetstream(), &names, &settings.nats, &spec).await?;
         let listener = ops::bind(settings.api.listen).await?;
+        let incidents = incidents::Incidents::new(client.clone());
         let readiness = Readiness::new()
             .ledger(pool.clone())
             .check("nats", move || {
@@ -137,6 +141,7 @@ impl App {
                 receipts,
                 exports: export::Exports::new(settings),
                 outbox: outbox::OutboxSignal::default(),
+                incidents,
             },
             settings: settings.clone(),
             publisher,
@@ -196,6 +201,11 @@ impl App {
             background.clone(),
         ));
         tasks.spawn(refresh_gauges(self.state.pool.clone(), background.clone()));
+        tasks.spawn(incidents::run_gauges(
+            self.state.pool.clone(),
+            self.state.incidents.clock.clone(),
+            background.clone(),
+        ));
 
         let router = router(self.state).merge(ops::router("api", self.readiness));
         tracing::info!(address = %self.listener.local_addr()?, "api listening");
@@ -224,6 +234,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/requests/{id}/receipt", get(routes::receipt))
         .route("/v1/requests/{id}/export", get(export::download))
         .route("/v1/receipt-key", get(routes::receipt_key))
+        .route("/v1/incidents", post(incidents::open).get(incidents::list))
+        .route(
+            "/v1/incidents/{id}",
+            get(incidents::show).patch(incidents::update),
+        )
+        .route("/v1/incidents/{id}/estimate", post(incidents::estimate))
+        .route("/v1/incidents/{id}/notify", post(incidents::notify))
+        .route(
+            "/v1/incidents/{id}/acknowledge",
+            post(incidents::acknowledge),
+        )
+        .route("/v1/incidents/{id}/close", post(incidents::close))
         .route(
             "/openapi.json",
             get(|| async { Json(openapi::ApiDoc::openapi()) }),

@@ -48,6 +48,15 @@ enum TenantsCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// Set the URL where the tenant's incident notifications are sent (breach register).
+    WebhookUrl {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        /// An http(s) URL.
+        #[arg(long)]
+        url: url::Url,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +148,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => anyhow::bail!("no tenant named {tenant}"),
             }
+        }
+        Command::Tenants {
+            command: TenantsCommand::WebhookUrl { tenant, url },
+        } => {
+            anyhow::ensure!(
+                matches!(url.scheme(), "http" | "https"),
+                "--url must be an http or https URL"
+            );
+            let pool = ledger::connect_and_migrate(settings.require_ledger()?).await?;
+            let updated = sqlx::query("UPDATE tenant SET webhook_url = $2 WHERE name = $1")
+                .bind(&tenant)
+                .bind(url.as_str())
+                .execute(&pool)
+                .await
+                .context("while storing the webhook URL")?
+                .rows_affected();
+            anyhow::ensure!(updated > 0, "no tenant named {tenant}");
+            eprintln!("incident notifications of tenant {tenant} go to {url}");
+            Ok(())
         }
         Command::Keys { command } => {
             let pool = ledger::connect_and_migrate(settings.require_ledger()?).await?;

@@ -121,6 +121,15 @@ pub async fn deliver_due(pool: &PgPool, client: &reqwest::Client) -> sqlx::Resul
         .bind(next)
         .execute(pool)
         .await?;
+        if delivered || attempt >= MAX_ATTEMPTS {
+            // Incident notifications are steps of the breach register: the chain records them.
+            // The delivery itself is recorded either way; a lost audit event is logged.
+            if let Err(error) =
+                crate::incidents::delivery_settled(pool, delivery.id, delivered, attempt).await
+            {
+                tracing::warn!(delivery.id = delivery.id, error = %error, "cannot record the end of an incident notification");
+            }
+        }
         metrics::counter!("lethe_webhook_attempts_total", "outcome" => if delivered { "delivered" } else { "failed" }).increment(1);
     }
     Ok(count)

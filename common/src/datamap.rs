@@ -74,6 +74,10 @@ pub struct Collection {
     pub object: Option<FlagColumn>,
     /// Marks a log table, whose old rows retention deletes.
     pub log: Option<LogTable>,
+    /// The column naming the tenant (the SaaS company's business customer, by its Lethe tenant
+    /// name) each row's subject belongs to. Only the breach register's census reads it, to
+    /// count affected subjects per tenant; at most one collection per store declares it.
+    pub tenant: Option<String>,
 }
 
 /// What erasure does to a collection's matching rows.
@@ -280,6 +284,15 @@ impl DataMap {
                         let place = format!("stores.{name}.collections[{i}] ({})", c.table);
                         check_collection(&mut problems, &place, c, &mut check_identity);
                     }
+                    let tenants = sql.collections.iter().filter(|c| c.tenant.is_some());
+                    if tenants.count() > 1 {
+                        // The census attributes every subject of the store through one
+                        // collection; two could attribute the same subject differently.
+                        problems.push(format!(
+                            "stores.{name}: `tenant` is declared on more than one collection; \
+                             declare it once, on the collection that holds the subject's account"
+                        ));
+                    }
                 }
                 Store::Redis(redis) => {
                     check_env_name(
@@ -436,7 +449,8 @@ fn check_collection(
         .map(|(_, column)| column.as_str())
         .chain(c.restrict.iter().map(|f| f.column.as_str()))
         .chain(c.object.iter().map(|f| f.column.as_str()))
-        .chain(c.log.iter().map(|l| l.timestamp.as_str()));
+        .chain(c.log.iter().map(|l| l.timestamp.as_str()))
+        .chain(c.tenant.iter().map(String::as_str));
     for column in columns {
         if !is_identifier_loose(column) {
             problems.push(format!(
@@ -650,6 +664,39 @@ mod tests {
             "identities = [\"email\"]\nfoo = 1\n[stores.a]\nkind = \"s3\"\nbucket = \"b\"\nprefixes = [\"x/{email}/\"]\n",
         );
         assert!(message.contains("foo"), "{message}");
+    }
+
+    #[test]
+    fn a_tenant_column_is_declared_once_per_store_and_must_be_a_plain_name() {
+        let map = |users: &str, invoices: &str| {
+            format!(
+                r#"
+                identities = ["email", "user_id"]
+                [stores.a]
+                kind = "postgres"
+                url_env = "A_URL"
+                [[stores.a.collections]]
+                table = "users"
+                match = {{ email = "email" }}
+                provides = {{ user_id = "id" }}
+                erase = "delete"
+                {users}
+                [[stores.a.collections]]
+                table = "invoices"
+                match = {{ user_id = "user_id" }}
+                erase = "delete"
+                {invoices}
+                "#
+            )
+        };
+        let parsed =
+            DataMap::parse(&map("tenant = \"company\"", "")).unwrap_or_else(|e| panic!("{e}"));
+        let (_, users) = parsed.sql_collections().next().unwrap();
+        assert_eq!(users.tenant.as_deref(), Some("company"));
+        let message = problems_of(&map("tenant = \"company\"", "tenant = \"customer\""));
+        assert!(message.contains("more than one collection"), "{message}");
+        let message = problems_of(&map("tenant = \"company; drop\"", ""));
+        assert!(message.contains("not a plain SQL identifier"), "{message}");
     }
 
     #[test]

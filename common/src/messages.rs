@@ -255,6 +255,32 @@ impl Event {
     }
 }
 
+/// A store's answer to a census request of the breach register: how many distinct subjects it
+/// holds per tenant. Counts only, never an identifier.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CensusReply {
+    /// The store counted.
+    pub store: String,
+    /// Whether the store could be counted (`false` for kinds without a census, or on error).
+    pub counted: bool,
+    /// Whether the store names its subjects' tenants (a collection declares `tenant`): only
+    /// then is a tenant absent from `tenants` known to have no affected subject there.
+    #[serde(default)]
+    pub attributed: bool,
+    /// Distinct subjects per tenant name, as the data map's `tenant` column holds it.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, u64>,
+    /// Distinct subjects the store holds without a tenant (no `tenant` column, or a null one).
+    #[serde(default)]
+    pub unattributed: u64,
+    /// How the count was made, for operators (collections, identity, attribution).
+    pub method: String,
+    /// Why the store could not be counted; never holds an identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 
 mod archive;
 mod assemble;
+mod census;
 mod collect;
 mod handler;
 mod readme;
@@ -29,6 +30,7 @@ pub struct App {
     readiness: Readiness,
     mode: RunMode,
     exporter: Arc<Exporter>,
+    _census: census::CensusResponder,
 }
 
 impl App {
@@ -69,6 +71,9 @@ impl App {
                 .worker_loop(Durable::Assembler, exporter.clone(), mode)
                 .await?,
         );
+        let publisher = daemon.publisher();
+        let census =
+            census::start(publisher.jetstream().client(), publisher.names(), &served).await?;
         let bucket = s3_settings.bucket.clone();
         let readiness = stores::readiness(&served, Readiness::new()).check("s3", move || {
             let client = bucket_client.clone();
@@ -89,6 +94,7 @@ impl App {
             readiness,
             mode,
             exporter,
+            _census: census,
         })
     }
 

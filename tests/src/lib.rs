@@ -3,6 +3,7 @@
 pub mod api;
 pub mod backup_support;
 pub mod digest;
+pub mod e2e;
 pub mod eraser_support;
 pub mod exporter_support;
 mod namespace;

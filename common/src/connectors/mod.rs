@@ -29,6 +29,7 @@
 //! the collection and what was being done, and carry SQLSTATEs or S3 error codes rather than the
 //! servers' own messages (which can quote values).
 
+pub mod census;
 mod mysql;
 mod postgres;
 mod redis;
@@ -250,6 +251,77 @@ impl Connector {
             Inner::Mysql(c) => c.collect(identities, sink).await,
             Inner::Redis(c) => c.collect(identities, sink).await,
             Inner::S3(c) => c.collect(identities, sink).await,
+        }
+    }
+}
+
+/// A log table of a store, as the data map marks it (`log = { timestamp, max_age_days }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTableRef {
+    /// The table, as the data map names it.
+    pub table: String,
+    /// The column holding each row's time.
+    pub timestamp: String,
+    /// Rows older than this many days are deleted by retention.
+    pub max_age_days: u32,
+}
+
+impl Connector {
+    /// The log tables of this store (SQL stores only; none elsewhere).
+    pub fn log_tables(&self) -> Vec<LogTableRef> {
+        let tables = match &self.inner {
+            Inner::Postgres(c) => c.log_tables(),
+            Inner::Mysql(c) => c.log_tables(),
+            Inner::Redis(_) | Inner::S3(_) => Vec::new(),
+        };
+        tables
+            .into_iter()
+            .map(|(table, log)| LogTableRef {
+                table,
+                timestamp: log.timestamp,
+                max_age_days: log.max_age_days,
+            })
+            .collect()
+    }
+
+    /// Deletes at most `batch` rows of log table `table` whose time is before `before`, in one
+    /// short transaction of its own (rows the application holds locked are skipped on
+    /// PostgreSQL); returns how many. Call it until it returns less than `batch`.
+    pub async fn delete_log_batch(
+        &self,
+        table: &str,
+        before: chrono::DateTime<chrono::Utc>,
+        batch: u64,
+    ) -> Result<u64, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.delete_log_batch(table, before, batch).await,
+            Inner::Mysql(c) => c.delete_log_batch(table, before, batch).await,
+            Inner::Redis(_) | Inner::S3(_) => Ok(0),
+        }
+    }
+
+    /// Counts the rows of log table `table` whose time is before `before`.
+    pub async fn count_log_rows(
+        &self,
+        table: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.count_log_rows(table, before).await,
+            Inner::Mysql(c) => c.count_log_rows(table, before).await,
+            Inner::Redis(_) | Inner::S3(_) => Ok(0),
+        }
+    }
+
+    /// The time of the oldest row of log table `table` (to the second), if it has rows.
+    pub async fn oldest_log_row(
+        &self,
+        table: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.oldest_log_row(table).await,
+            Inner::Mysql(c) => c.oldest_log_row(table).await,
+            Inner::Redis(_) | Inner::S3(_) => Ok(None),
         }
     }
 }

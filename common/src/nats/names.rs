@@ -147,6 +147,18 @@ impl Names {
         format!("{}.retention.run", self.prefix)
     }
 
+    /// Where the breach register asks a store's exporter to count subjects per tenant: core
+    /// NATS request/reply, never stored on a stream (the answer is only useful now).
+    pub fn census_subject(&self, store: &StoreName) -> String {
+        format!("{}.census.{store}", self.prefix)
+    }
+
+    /// The queue group of the exporters answering census requests for `store`, so one of
+    /// several exporters of a store answers.
+    pub fn census_queue(&self, store: &StoreName) -> String {
+        format!("exporter-census-{store}")
+    }
+
     /// The durable consumer's name.
     pub fn durable_name(&self, durable: &Durable) -> String {
         match durable {
@@ -239,6 +251,19 @@ mod tests {
                 .count();
             assert_eq!(owners, 1, "{subject} must have exactly one durable");
         }
+    }
+
+    #[test]
+    fn census_subjects_are_outside_every_stream() {
+        let names = Names::new("lethe").unwrap();
+        let subject = names.census_subject(&store("accounts"));
+        assert_eq!(subject, "lethe.census.accounts");
+        assert!(
+            names
+                .task_subjects()
+                .iter()
+                .all(|s| s.split('.').nth(1) != Some("census"))
+        );
     }
 
     #[test]

@@ -6,13 +6,18 @@
 
 mod api;
 mod backup;
+mod chaos;
 mod config_errors;
 mod contract;
 mod daemons;
+mod deployment;
+mod e2e;
 mod eraser;
 mod exporter;
 mod harness;
+mod incidents;
 mod privacy;
+mod retention;
 mod sample;
 mod support;
 mod worker_loop;

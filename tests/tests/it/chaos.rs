@@ -1,0 +1,1 @@
+//! Chaos tests with the real binaries.
