@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::runner::{Backups, Condition, Outcome};
+use crate::schedule::NextDue as _;
 
 /// How often the schedule is looked at.
 const SCHEDULE_TICK: Duration = Duration::from_secs(30);

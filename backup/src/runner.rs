@@ -14,6 +14,7 @@ use lethe_common::datamap::DataMap;
 use lethe_common::ids::StoreName;
 use lethe_common::messages::Event;
 use lethe_common::nats::Publisher;
+use lethe_common::schedule::Schedule;
 use lethe_common::stores::{self, ServedStore};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -25,7 +26,7 @@ use crate::catalog::{self, BackupRow, StoreLock};
 use crate::keys::Recipients;
 use crate::manifest::{self, Manifest};
 use crate::pipeline::{self, Compression, Encoded, Progress, is_stage_stopped};
-use crate::schedule::{Schedule, Schedules};
+use crate::schedule::{NextDue as _, Schedules};
 use crate::source::{self, Kind};
 use crate::upload::{self, MAX_PART, MIN_PART, Multipart};
 

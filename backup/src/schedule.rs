@@ -1,12 +1,11 @@
 //! The built-in schedule: per store an interval or a cron expression (UTC), or nothing.
 
 use std::collections::BTreeMap;
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use croner::Cron;
 use lethe_common::ids::StoreName;
+use lethe_common::schedule::Schedule;
 
 use crate::catalog::LastRuns;
 
@@ -17,56 +16,20 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// How long after a failed attempt the schedule tries again (at most the interval).
 pub const RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
-/// When one store is backed up.
-#[derive(Debug, Clone)]
-pub enum Schedule {
-    /// Never by schedule (on demand only).
-    Off,
-    /// This long after the start of the last completed backup.
-    Every(Duration),
-    /// At the times a cron expression names, evaluated in UTC.
-    Cron(Box<Cron>),
-}
-
-impl Schedule {
-    /// Parses `off`, an interval (`6h`, `1d`, `90m`) or a cron expression (`30 2 * * *`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("never") {
-            return Ok(Schedule::Off);
-        }
-        if let Ok(interval) = humantime_serde::re::humantime::parse_duration(text) {
-            if interval < Duration::from_secs(60) {
-                return Err(format!("`{text}` is shorter than a minute"));
-            }
-            return Ok(Schedule::Every(interval));
-        }
-        if text.split_whitespace().count() >= 5 {
-            return Cron::from_str(text)
-                .map(|cron| Schedule::Cron(Box::new(cron)))
-                .map_err(|e| format!("`{text}` is not a cron expression: {e}"));
-        }
-        Err(format!(
-            "`{text}` is neither an interval (e.g. 24h), a cron expression (e.g. 30 2 * * *) nor off"
-        ))
-    }
-
+/// When a store's next backup is due: the shared [`Schedule`] counted from the last completed
+/// backup, plus the retry of a failed attempt.
+pub trait NextDue {
     /// When the next backup is due, given the store's last runs; `None` when never. Due times
     /// in the past mean now.
-    pub fn next_due(&self, last: LastRuns, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let regular = match self {
-            Schedule::Off => return None,
-            Schedule::Every(interval) => match last.completed {
-                None => now,
-                Some(completed) => completed + chrono::Duration::from_std(*interval).ok()?,
-            },
-            Schedule::Cron(cron) => {
-                // Counted from the last completed backup, so a slot missed while the daemon was
-                // down is caught up once; a store never backed up waits for the next slot.
-                let from = last.completed.unwrap_or(now);
-                cron.find_next_occurrence(&from, false).ok()?
-            }
-        };
+    fn next_due(&self, last: LastRuns, now: DateTime<Utc>) -> Option<DateTime<Utc>>;
+}
+
+impl NextDue for Schedule {
+    fn next_due(&self, last: LastRuns, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Counted from the last completed backup, so a cron slot missed while the daemon was
+        // down is caught up once; a store never backed up is due now (interval) or waits for
+        // the next slot (cron).
+        let regular = self.next_after(last.completed, now)?;
         // After a failed attempt, wait a little before trying again.
         let retry = match (self, last.attempted) {
             (Schedule::Every(interval), Some(attempted))
@@ -143,21 +106,6 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
-    }
-
-    #[test]
-    fn intervals_cron_expressions_and_off_are_understood_and_nonsense_is_refused() {
-        assert!(
-            matches!(Schedule::parse("6h").unwrap(), Schedule::Every(d) if d.as_secs() == 21_600)
-        );
-        assert!(matches!(Schedule::parse("off").unwrap(), Schedule::Off));
-        assert!(matches!(
-            Schedule::parse("30 2 * * *").unwrap(),
-            Schedule::Cron(_)
-        ));
-        assert!(Schedule::parse("soon").is_err());
-        assert!(Schedule::parse("10s").is_err());
-        assert!(Schedule::parse("61 2 * * *").is_err());
     }
 
     #[test]

@@ -50,9 +50,9 @@ pub struct Settings {
     /// The backup daemon.
     #[serde(default = "WorkerSettings::backup")]
     pub backup: WorkerSettings,
-    /// The retention daemon.
-    #[serde(default = "WorkerSettings::retention")]
-    pub retention: WorkerSettings,
+    /// The retention daemon: its worker settings and the retention policies it enforces.
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// What the backup daemon backs up, how, when, and to whom it encrypts.
     #[serde(default)]
     pub backups: BackupsSettings,
@@ -344,13 +344,117 @@ impl WorkerSettings {
     fn backup() -> Self {
         Self::with_port(9183)
     }
-    fn retention() -> Self {
-        Self::with_port(9184)
-    }
 }
 
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// The hard ceiling on how long a backup is kept (DESIGN §7): a longer
+/// `retention.backups_max_age` needs `retention.backups_max_age_override`.
+pub const BACKUP_CEILING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The retention daemon (`[retention]`): the worker settings every daemon has, and what it
+/// deletes when. Every age is measured from the item's own creation time against the clock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// The stores whose log tables this process prunes (it needs their credentials); empty
+    /// means every store of the data map that has a log table.
+    pub stores: Vec<String>,
+    /// Unused by retention (one run at a time); accepted so the section reads like every
+    /// worker's.
+    pub concurrency: usize,
+    /// How long a running pass may take to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// When a run starts by itself: an interval (`1h`, counted from the previous run of this
+    /// process), a cron expression in UTC (`15 3 * * *`) or `off`.
+    pub schedule: String,
+    /// Backups older than this are deleted (their objects, manifests and catalog rows). At
+    /// most 7 days unless `backups_max_age_override` says why.
+    #[serde(with = "humantime_serde")]
+    pub backups_max_age: Duration,
+    /// Why backups are kept longer than 7 days: required (and recorded in the log) when
+    /// `backups_max_age` is over the ceiling.
+    pub backups_max_age_override: Option<String>,
+    /// Export archives older than this (or past their own `expires_at`) are deleted.
+    #[serde(with = "humantime_serde")]
+    pub exports_max_age: Duration,
+    /// Staging leftovers and incomplete multipart uploads older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub staging_max_age: Duration,
+    /// Rows of a log table deleted per statement (one short transaction each).
+    pub log_batch_size: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9184)),
+            stores: Vec::new(),
+            concurrency: 1,
+            drain_timeout: default_drain_timeout(),
+            schedule: "1h".to_owned(),
+            backups_max_age: BACKUP_CEILING,
+            backups_max_age_override: None,
+            exports_max_age: Duration::from_secs(7 * 24 * 3600),
+            staging_max_age: Duration::from_secs(24 * 3600),
+            log_batch_size: 1000,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// The worker settings shared with the other daemons.
+    pub fn worker(&self) -> WorkerSettings {
+        WorkerSettings {
+            listen: self.listen,
+            stores: self.stores.clone(),
+            concurrency: self.concurrency,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+
+    /// Refuses a ceiling over 7 days without a stated reason, ages under an hour (which would
+    /// delete work in progress), and batch sizes out of range.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let reason = self
+            .backups_max_age_override
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        if self.backups_max_age > BACKUP_CEILING && reason.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "retention.backups_max_age: {} is over the 7-day ceiling on backups; to keep \
+                 backups longer, state why in retention.backups_max_age_override \
+                 (environment variable {ENV_PREFIX}RETENTION__BACKUPS_MAX_AGE_OVERRIDE)",
+                humantime_serde::re::humantime::format_duration(self.backups_max_age)
+            )));
+        }
+        for (key, age) in [
+            ("backups_max_age", self.backups_max_age),
+            ("exports_max_age", self.exports_max_age),
+            ("staging_max_age", self.staging_max_age),
+        ] {
+            if age < Duration::from_secs(3600) {
+                return Err(ConfigError::Invalid(format!(
+                    "retention.{key}: must be at least 1h (environment variable \
+                     {ENV_PREFIX}RETENTION__{})",
+                    key.to_ascii_uppercase()
+                )));
+            }
+        }
+        if !(1..=100_000).contains(&self.log_batch_size) {
+            return Err(ConfigError::Invalid(format!(
+                "retention.log_batch_size: must be between 1 and 100000 (environment variable \
+                 {ENV_PREFIX}RETENTION__LOG_BATCH_SIZE)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The OpenPGP packet that carries a backup's encrypted data.
@@ -568,11 +672,12 @@ impl Settings {
                 ));
             }
         }
+        let retention = self.retention.worker();
         for (name, worker) in [
             ("eraser", &self.eraser),
             ("exporter", &self.exporter),
             ("backup", &self.backup),
-            ("retention", &self.retention),
+            ("retention", &retention),
         ] {
             if worker.concurrency == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -580,6 +685,7 @@ impl Settings {
                 )));
             }
         }
+        self.retention.validate()?;
         Ok(())
     }
 
@@ -714,6 +820,48 @@ mod tests {
         assert!(message.contains("backups.part_size"), "{message}");
         assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
         assert!(ByteSize::parse("lots").is_err());
+    }
+
+    #[test]
+    fn the_retention_section_has_defaults_and_refuses_a_backup_ceiling_over_7_days_without_a_reason()
+     {
+        let defaults = Settings::from_toml(MINIMAL).unwrap().retention;
+        assert_eq!(defaults.backups_max_age, BACKUP_CEILING);
+        assert_eq!(defaults.exports_max_age, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(defaults.staging_max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(defaults.listen.port(), 9184);
+        let shorter = format!("{MINIMAL}\n[retention]\nbackups_max_age = \"3d\"\n");
+        assert_eq!(
+            Settings::from_toml(&shorter)
+                .unwrap()
+                .retention
+                .backups_max_age,
+            Duration::from_secs(3 * 24 * 3600)
+        );
+        let longer = format!("{MINIMAL}\n[retention]\nbackups_max_age = \"10d\"\n");
+        let message = Settings::from_toml(&longer).unwrap_err().to_string();
+        assert!(message.contains("retention.backups_max_age"), "{message}");
+        assert!(message.contains("7-day ceiling"), "{message}");
+        assert!(
+            message.contains("LETHE__RETENTION__BACKUPS_MAX_AGE_OVERRIDE"),
+            "{message}"
+        );
+        let blank = format!("{longer}backups_max_age_override = \"  \"\n");
+        assert!(Settings::from_toml(&blank).is_err());
+        let stated = format!("{longer}backups_max_age_override = \"legal hold, ticket 42\"\n");
+        assert_eq!(
+            Settings::from_toml(&stated)
+                .unwrap()
+                .retention
+                .backups_max_age,
+            Duration::from_secs(10 * 24 * 3600)
+        );
+        let tiny = format!("{MINIMAL}\n[retention]\nstaging_max_age = \"5m\"\n");
+        let message = Settings::from_toml(&tiny).unwrap_err().to_string();
+        assert!(message.contains("retention.staging_max_age"), "{message}");
+        let typo = format!("{MINIMAL}\n[retention]\nbackup_max_age = \"3d\"\n");
+        let message = Settings::from_toml(&typo).unwrap_err().to_string();
+        assert!(message.contains("backup_max_age"), "{message}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod nats;
 pub mod ops;
 pub mod privacy;
 pub mod s3;
+pub mod schedule;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;

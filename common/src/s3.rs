@@ -156,6 +156,173 @@ pub async fn list_objects_under(
     Ok(objects)
 }
 
+/// An object found by [`list_objects_modified_under`]: its key, size and creation time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was written (S3's `LastModified`: objects are never modified, only replaced).
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every object under `prefix` with its size and `LastModified`, sorted by key, listed level
+/// by level as [`list_keys_under`] does.
+pub async fn list_objects_modified_under(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<StoredObject>, SdkError<ListObjectsV2Error>> {
+    let mut objects = Vec::new();
+    let mut folders = vec![prefix.to_owned()];
+    while let Some(folder) = folders.pop() {
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&folder)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page?;
+            objects.extend(page.contents().iter().filter_map(|o| {
+                Some(StoredObject {
+                    key: o.key()?.to_owned(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                })
+            }));
+            folders.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+        }
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(objects)
+}
+
+/// Deletes `keys`, 1,000 per request. A key already gone counts as deleted (S3 does not tell
+/// the difference), so a repeated deletion succeeds.
+pub async fn delete_keys(
+    client: &Client,
+    bucket: &str,
+    keys: &[String],
+) -> Result<(), TransferError> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    for batch in keys.chunks(1000) {
+        let objects = batch
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| TransferError::other("deleting objects", "invalid key", false))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|_| TransferError::other("deleting objects", "invalid request", false))?;
+        let out = client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| TransferError::from_sdk("deleting objects", &e))?;
+        if let Some(first) = out.errors().first() {
+            return Err(TransferError::other(
+                "deleting objects",
+                format!(
+                    "{} of {} objects not deleted ({})",
+                    out.errors().len(),
+                    batch.len(),
+                    first.code().unwrap_or("unknown error")
+                ),
+                true,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it writes.
+    pub key: String,
+    /// Its id.
+    pub upload_id: String,
+    /// When it was started.
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What listing the unfinished multipart uploads found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingUploads {
+    /// Every unfinished upload under the prefix.
+    Listed(Vec<PendingUpload>),
+    /// The server does not implement `ListMultipartUploads` (s3s-fs, for one).
+    NotImplemented,
+}
+
+/// Every unfinished multipart upload under `prefix`, page by page.
+pub async fn list_pending_uploads(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<PendingUploads, TransferError> {
+    let mut uploads = Vec::new();
+    let mut key_marker: Option<String> = None;
+    let mut id_marker: Option<String> = None;
+    loop {
+        let page = client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                let not_implemented = error.code() == Some("NotImplemented")
+                    || error
+                        .raw_response()
+                        .is_some_and(|r| r.status().as_u16() == 501);
+                if not_implemented {
+                    return Ok(PendingUploads::NotImplemented);
+                }
+                return Err(TransferError::from_sdk(
+                    "listing unfinished uploads",
+                    &error,
+                ));
+            }
+        };
+        uploads.extend(page.uploads().iter().filter_map(|u| {
+            Some(PendingUpload {
+                key: u.key()?.to_owned(),
+                upload_id: u.upload_id()?.to_owned(),
+                initiated: u
+                    .initiated()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+            })
+        }));
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        id_marker = page.next_upload_id_marker().map(str::to_owned);
+        if key_marker.is_none() && id_marker.is_none() {
+            break;
+        }
+    }
+    Ok(PendingUploads::Listed(uploads))
+}
+
 /// A failed S3 operation, described by what was being done and the S3 error code or the kind
 /// of failure only: keys and the servers' messages can name a data subject.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,29 +1,77 @@
 #![doc = include_str!("../README.md")]
 
+pub mod catalog;
+pub mod daemon;
+pub mod policy;
+pub mod schedule;
+
+use std::sync::Arc;
+
 use lethe_common::Settings;
 use lethe_common::daemon::LedgerWorker;
-use lethe_common::nats::Durable;
+use lethe_common::nats::{Durable, Names};
 use lethe_common::worker::{NoTasks, RunMode, WorkerLoop};
 use tokio_util::sync::CancellationToken;
+
+pub use policy::{Mode, Outcome, Plan, Report, Retention};
 
 /// The retention daemon, built and ready to run.
 pub struct App {
     worker: LedgerWorker,
+    retention: Arc<Retention>,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    config: daemon::LoopConfig,
     mode: RunMode,
 }
 
 impl App {
-    /// Opens (and migrates) the ledger, checks Lethe's bucket, connects to NATS and binds the
-    /// `retention` durable consumer.
+    /// Checks the configuration first (the ledger and bucket sections, the policies, the
+    /// schedule, the data map and the credentials of the stores whose log tables it prunes),
+    /// then opens (and migrates) the ledger, checks Lethe's bucket, connects to NATS and binds
+    /// the `retention` durable consumer.
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
+        settings.require_ledger()?;
+        settings.require_s3()?;
+        let plan = Plan::load(settings)?;
         let worker = LedgerWorker::start(
             "retention",
             settings,
-            &settings.retention,
+            &settings.retention.worker(),
             Durable::Retention,
         )
         .await?;
-        Ok(Self { worker, mode })
+        let consumer = worker.daemon.consumer(Durable::Retention).await?;
+        let bucket = settings.require_s3()?.bucket.clone();
+        let retention = Arc::new(Retention::new(
+            plan,
+            worker.pool.clone(),
+            worker.s3.clone(),
+            bucket,
+            Some(worker.daemon.publisher().clone()),
+        ));
+        let names = Names::new(&settings.nats.prefix)?;
+        let config = daemon::LoopConfig {
+            run_subject: names.retention_run_subject(),
+            ack_wait: settings.nats.ack_wait,
+            max_deliver: settings.nats.max_deliver,
+            drain_timeout: settings.retention.drain_timeout,
+            poll: match mode {
+                RunMode::UntilShutdown => std::time::Duration::from_secs(1),
+                RunMode::UntilIdle => std::time::Duration::from_millis(250),
+            },
+        };
+        Ok(Self {
+            worker,
+            retention,
+            consumer,
+            config,
+            mode,
+        })
+    }
+
+    /// The retention runner, shared with the loop.
+    pub fn retention(&self) -> Arc<Retention> {
+        self.retention.clone()
     }
 
     /// Address of `/healthz`, `/readyz` and `/metrics`.
@@ -31,12 +79,31 @@ impl App {
         self.worker.daemon.local_addr()
     }
 
-    /// Runs until `shutdown` is cancelled, then drains.
+    /// Serves the operations endpoints and runs the schedule and the run commands until
+    /// `shutdown` is cancelled (or, in [`RunMode::UntilIdle`], until no command is left).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let ops_stop = CancellationToken::new();
         let loops: Vec<WorkerLoop<NoTasks>> = Vec::new();
-        self.worker
-            .daemon
-            .run(loops, self.worker.readiness, shutdown, self.mode)
-            .await
+        let ops = self.worker.daemon.run(
+            loops,
+            self.worker.readiness,
+            ops_stop.clone(),
+            RunMode::UntilShutdown,
+        );
+        let work = async {
+            let result = daemon::run(
+                self.retention,
+                self.consumer,
+                self.config,
+                shutdown,
+                self.mode,
+            )
+            .await;
+            ops_stop.cancel();
+            result
+        };
+        let (ops, work) = tokio::join!(ops, work);
+        work?;
+        ops
     }
 }

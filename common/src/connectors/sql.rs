@@ -1068,6 +1068,218 @@ impl<B: Backend> SqlConnector<B> {
     }
 }
 
+// Log tables: retention deletes their old rows in short batches.
+
+/// The statements of one log table, quoted for the dialect, the cut-off always bound.
+pub(crate) struct LogStatements {
+    /// Session settings that make time comparisons and formatting UTC.
+    pub(crate) utc: Statement,
+    /// Deletes at most one batch of rows older than the cut-off.
+    pub(crate) delete_batch: Statement,
+    /// Counts the rows older than the cut-off.
+    pub(crate) count: Statement,
+    /// The oldest row's time as RFC 3339 text (one row, one nullable column).
+    pub(crate) oldest: Statement,
+}
+
+/// The cut-off as both dialects read it from text: UTC, microseconds.
+fn cutoff_text(dialect: Dialect, before: chrono::DateTime<chrono::Utc>) -> String {
+    match dialect {
+        Dialect::Postgres => before.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        Dialect::Mysql => before.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+    }
+}
+
+/// Builds the statements of log table `table` whose time is in `timestamp`.
+pub(crate) fn log_statements(
+    dialect: Dialect,
+    table: &str,
+    timestamp: &str,
+    before: chrono::DateTime<chrono::Utc>,
+    batch: u64,
+) -> LogStatements {
+    let quoted = dialect.table(table);
+    let column = dialect.ident(timestamp);
+    let cutoff = Bind::Text(Some(cutoff_text(dialect, before)));
+    match dialect {
+        Dialect::Postgres => LogStatements {
+            utc: Statement {
+                sql: "SET LOCAL TimeZone = 'UTC'".to_owned(),
+                binds: Vec::new(),
+            },
+            // Row ids of one batch, oldest first (an index on the time column makes this a
+            // range scan), skipping rows the application holds locked; the time condition is
+            // repeated so a row id that meanwhile names another row (or another partition's
+            // row) is never deleted unless it is old too.
+            delete_batch: Statement {
+                sql: format!(
+                    "DELETE FROM {quoted} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {quoted} \
+                     WHERE {column} < CAST($1 AS timestamptz) ORDER BY {column} LIMIT {batch} \
+                     FOR UPDATE SKIP LOCKED)) AND {column} < CAST($1 AS timestamptz)"
+                ),
+                binds: vec![cutoff.clone()],
+            },
+            count: Statement {
+                sql: format!(
+                    "SELECT COUNT(*) FROM {quoted} WHERE {column} < CAST($1 AS timestamptz)"
+                ),
+                binds: vec![cutoff],
+            },
+            oldest: Statement {
+                sql: format!(
+                    "SELECT to_char(CAST(MIN({column}) AS timestamptz), \
+                     'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {quoted}"
+                ),
+                binds: Vec::new(),
+            },
+        },
+        Dialect::Mysql => LogStatements {
+            // TIMESTAMP columns compare and print in the session's zone.
+            utc: Statement {
+                sql: "SET time_zone = '+00:00'".to_owned(),
+                binds: Vec::new(),
+            },
+            delete_batch: Statement {
+                sql: format!(
+                    "DELETE FROM {quoted} WHERE {column} < ? ORDER BY {column} LIMIT {batch}"
+                ),
+                binds: vec![cutoff.clone()],
+            },
+            count: Statement {
+                sql: format!("SELECT COUNT(*) FROM {quoted} WHERE {column} < ?"),
+                binds: vec![cutoff],
+            },
+            oldest: Statement {
+                sql: format!(
+                    "SELECT DATE_FORMAT(MIN({column}), '%Y-%m-%dT%H:%i:%sZ') FROM {quoted}"
+                ),
+                binds: Vec::new(),
+            },
+        },
+    }
+}
+
+impl<B: Backend> SqlConnector<B> {
+    /// The collections the data map marks as log tables.
+    pub(crate) fn log_tables(&self) -> Vec<(String, crate::datamap::LogTable)> {
+        self.collections
+            .iter()
+            .filter_map(|c| Some((c.table.clone(), c.log.clone()?)))
+            .collect()
+    }
+
+    /// The statements of log table `table` (checked against the live schema first).
+    async fn log_plan(
+        &self,
+        table: &str,
+        before: chrono::DateTime<chrono::Utc>,
+        batch: u64,
+    ) -> Result<LogStatements, TaskError> {
+        self.plan().await?;
+        let Some(log) = self
+            .collections
+            .iter()
+            .find(|c| c.table == table)
+            .and_then(|c| c.log.as_ref())
+        else {
+            return Err(TaskError::Permanent {
+                code: "not_a_log_table",
+                reason: format!(
+                    "store `{}`: `{table}` is not a log table of the data map",
+                    self.store
+                ),
+            });
+        };
+        Ok(log_statements(
+            B::Session::DIALECT,
+            table,
+            &log.timestamp,
+            before,
+            batch,
+        ))
+    }
+
+    /// A transaction of its own with the UTC settings made.
+    async fn log_session(
+        &self,
+        table: &str,
+        statements: &LogStatements,
+    ) -> Result<B::Session, TaskError> {
+        let mut session = self.begin().await?;
+        session
+            .execute(&statements.utc)
+            .await
+            .during("setting the time zone", Some(table))
+            .map_err(|f| self.task_error(f))?;
+        Ok(session)
+    }
+
+    async fn log_commit(&self, table: &str, session: B::Session) -> Result<(), TaskError> {
+        session
+            .commit()
+            .await
+            .during("committing", Some(table))
+            .map_err(|f| self.task_error(f))
+    }
+
+    /// Deletes at most `batch` rows of log table `table` older than `before`, in one short
+    /// transaction; returns how many.
+    pub(crate) async fn delete_log_batch(
+        &self,
+        table: &str,
+        before: chrono::DateTime<chrono::Utc>,
+        batch: u64,
+    ) -> Result<u64, TaskError> {
+        let statements = self.log_plan(table, before, batch).await?;
+        let mut session = self.log_session(table, &statements).await?;
+        let deleted = session
+            .execute(&statements.delete_batch)
+            .await
+            .during("deleting old log rows", Some(table))
+            .map_err(|f| self.task_error(f))?;
+        self.log_commit(table, session).await?;
+        Ok(deleted)
+    }
+
+    /// Counts the rows of log table `table` older than `before`.
+    pub(crate) async fn count_log_rows(
+        &self,
+        table: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, TaskError> {
+        let statements = self.log_plan(table, before, 1).await?;
+        let mut session = self.log_session(table, &statements).await?;
+        let count = session
+            .count(&statements.count)
+            .await
+            .during("counting old log rows", Some(table))
+            .map_err(|f| self.task_error(f))?;
+        self.log_commit(table, session).await?;
+        Ok(count)
+    }
+
+    /// The time of the oldest row of log table `table`, if it has rows.
+    pub(crate) async fn oldest_log_row(
+        &self,
+        table: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, TaskError> {
+        let statements = self.log_plan(table, chrono::Utc::now(), 1).await?;
+        let mut session = self.log_session(table, &statements).await?;
+        let rows = session
+            .texts(&statements.oldest, 1)
+            .await
+            .during("reading the oldest log row", Some(table))
+            .map_err(|f| self.task_error(f))?;
+        self.log_commit(table, session).await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten())
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)))
+    }
+}
+
 // The task flows, written once for both backends. Each takes an open transaction.
 
 /// The given identities plus everything the store derives from them (to a fixed point), the
@@ -1727,6 +1939,41 @@ mod tests {
             .push(" WHERE ");
         sql.push_match(&matcher, None);
         sql.finish()
+    }
+
+    #[test]
+    fn log_batches_bind_the_cut_off_and_repeat_the_time_condition() {
+        let before = chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let pg = log_statements(Dialect::Postgres, "app.access_log", "at", before, 500);
+        assert!(
+            pg.delete_batch
+                .sql
+                .starts_with("DELETE FROM \"app\".\"access_log\"")
+        );
+        assert!(pg.delete_batch.sql.contains("LIMIT 500"));
+        assert_eq!(
+            pg.delete_batch
+                .sql
+                .matches("\"at\" < CAST($1 AS timestamptz)")
+                .count(),
+            2
+        );
+        assert!(!pg.delete_batch.sql.contains("2025"));
+        assert_eq!(
+            pg.delete_batch.binds,
+            vec![Bind::Text(Some("2025-01-02 03:04:05.000000+00".into()))]
+        );
+        let my = log_statements(Dialect::Mysql, "visits", "at", before, 7);
+        assert_eq!(
+            my.delete_batch.sql,
+            "DELETE FROM `visits` WHERE `at` < ? ORDER BY `at` LIMIT 7"
+        );
+        assert_eq!(
+            my.count.binds,
+            vec![Bind::Text(Some("2025-01-02 03:04:05.000000".into()))]
+        );
     }
 
     #[test]

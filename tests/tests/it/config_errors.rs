@@ -168,3 +168,52 @@ async fn an_invalid_data_map_lists_every_problem() {
     assert_clear_failure(&output, &["2 problem(s)", "user_id", "must end with `/`"]);
     ns.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_backup_ceiling_over_7_days_without_a_stated_reason_is_refused_at_start_up() {
+    let services = Services::from_env();
+    let ns = Namespace::create(&services).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::settings_toml(&services, &ns, None, None, None)
+        .replace("[retention]\n", "[retention]\nbackups_max_age = \"10d\"\n");
+    let config = support::write_temp(&dir, "lethe.toml", &text);
+    let output = support::run_binary(
+        "lethe-retention",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert_clear_failure(
+        &output,
+        &[
+            "retention.backups_max_age",
+            "7-day ceiling",
+            "LETHE__RETENTION__BACKUPS_MAX_AGE_OVERRIDE",
+        ],
+    );
+
+    // From the environment too; a stated reason lets it through to the next check.
+    let base = support::write_temp(
+        &dir,
+        "base.toml",
+        &support::settings_toml(&services, &ns, None, None, None),
+    );
+    let output = support::run_binary(
+        "lethe-retention",
+        &["--config", base.to_str().unwrap()],
+        &[("LETHE__RETENTION__BACKUPS_MAX_AGE", "30d")],
+    );
+    assert_clear_failure(&output, &["retention.backups_max_age", "7-day ceiling"]);
+    let output = support::run_binary(
+        "lethe-retention",
+        &["--config", base.to_str().unwrap()],
+        &[
+            ("LETHE__RETENTION__BACKUPS_MAX_AGE", "30d"),
+            (
+                "LETHE__RETENTION__BACKUPS_MAX_AGE_OVERRIDE",
+                "legal hold, ticket 4711",
+            ),
+        ],
+    );
+    assert_clear_failure(&output, &["`ledger`", "missing"]);
+    ns.cleanup().await.unwrap();
+}
