@@ -37,10 +37,12 @@ use crate::collect::transfer_error;
 use crate::readme::{self, StoreText};
 use crate::staging::{self, Fragment};
 
-/// The archive's parts: 8 MiB, two in flight while the next one fills.
+/// The archive's parts: 8 MiB, four in flight while the next one fills. The S3 service hashes
+/// and writes each part on its own (s3s-fs: one core per request), so parts in flight are what
+/// lets it use more than one core; 40 MiB of parts is the bulk of the exporter's memory.
 const ARCHIVE_WRITER: WriterOptions = WriterOptions {
     part_size: 8 * 1024 * 1024,
-    parallel_parts: 2,
+    parallel_parts: 4,
 };
 /// Chunks waiting for the zip writer, and for the uploader.
 const INPUT_CHUNKS: usize = 8;

@@ -19,6 +19,10 @@ const STAGING_WRITER: WriterOptions = WriterOptions {
     parallel_parts: 1,
 };
 
+/// Server-side copies of a store's objects in flight at once: the S3 service does the work, so
+/// a few at a time use its cores without costing this process memory.
+const PARALLEL_COPIES: usize = 4;
+
 /// Turns a transfer failure into a task error saying where it happened (`place`, never a key).
 pub(crate) fn transfer_error(place: &str, error: TransferError) -> TaskError {
     if error.retryable
@@ -56,6 +60,9 @@ pub(crate) struct StagingSink {
     collections: Vec<StagedCollection>,
     files: Vec<StagedFile>,
     bytes: u64,
+    /// Server-side copies started and not yet awaited (awaited before the manifest is written;
+    /// aborted if the sink is dropped).
+    copies: tokio::task::JoinSet<Result<(), TransferError>>,
 }
 
 struct Current {
@@ -88,6 +95,7 @@ impl StagingSink {
             collections: Vec::new(),
             files: Vec::new(),
             bytes: 0,
+            copies: tokio::task::JoinSet::new(),
         }
     }
 
@@ -100,6 +108,9 @@ impl StagingSink {
     pub(crate) async fn finish(mut self) -> Result<Staged, TaskError> {
         if self.current.is_some() {
             self.end().await?;
+        }
+        while !self.copies.is_empty() {
+            self.await_copy().await?;
         }
         let fragment = Fragment {
             version: 1,
@@ -129,8 +140,21 @@ impl StagingSink {
         })
     }
 
+    /// Waits for one of the server-side copies in flight.
+    async fn await_copy(&mut self) -> Result<(), TaskError> {
+        match self.copies.join_next().await {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(error))) => Err(self.fail(error)),
+            Some(Err(_)) => Err(TaskError::Transient(anyhow::anyhow!(
+                "store `{}`: a copy into the staging area stopped",
+                self.store
+            ))),
+        }
+    }
+
     /// Abandons the collection being written, if any (after a failure).
     pub(crate) async fn abandon(mut self) {
+        self.copies.shutdown().await;
         if let Some(writer) = self.current.take().and_then(|c| c.writer) {
             writer.abort().await;
         }
@@ -214,16 +238,25 @@ impl CollectSink for StagingSink {
             object.key
         );
         let size = if object.shares_lethe_credentials {
-            // Inside the S3 service, conditional on the ETag listed.
-            let source = CopySource {
-                bucket: object.bucket,
-                key: object.key,
-                size: object.size,
-                e_tag: object.e_tag,
-            };
-            lethe_common::s3::copy_object(&self.client, source, &self.bucket, &key)
-                .await
-                .map_err(|e| self.fail(e))?;
+            // Inside the S3 service, conditional on the ETag listed, a few at a time; awaited
+            // before the fragment manifest names them.
+            if self.copies.len() >= PARALLEL_COPIES {
+                self.await_copy().await?;
+            }
+            let client = self.client.clone();
+            let (source_bucket, source_key) = (object.bucket.to_owned(), object.key.to_owned());
+            let e_tag = object.e_tag.map(str::to_owned);
+            let (bucket, target) = (self.bucket.clone(), key.clone());
+            let size = object.size;
+            self.copies.spawn(async move {
+                let source = CopySource {
+                    bucket: &source_bucket,
+                    key: &source_key,
+                    size,
+                    e_tag: e_tag.as_deref(),
+                };
+                lethe_common::s3::copy_object(&client, source, &bucket, &target).await
+            });
             object.size
         } else {
             // Another endpoint or other credentials: through this process, part by part.

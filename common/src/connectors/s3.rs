@@ -175,28 +175,35 @@ impl S3Connector {
     pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
         let prefixes = self.prefixes(identities)?;
         let mut counts = BTreeMap::new();
+        // Only prefixes that held objects are listed again: for an empty one, the first listing
+        // already is the check, and each listing costs a request (a whole-bucket walk on some
+        // servers).
+        let mut to_verify = Vec::new();
         for (template, prefixes) in &prefixes {
             let mut deleted = 0u64;
             for prefix in prefixes {
                 let keys = self.list(prefix, "listing objects").await?;
-                self.delete(&keys).await?;
+                if !keys.is_empty() {
+                    self.delete(&keys).await?;
+                    to_verify.push((template, prefix));
+                }
                 deleted += keys.len() as u64;
             }
             counts.insert(template.clone(), deleted);
         }
-        let mut remaining = 0u64;
-        let mut names = Vec::new();
-        for (template, prefixes) in &prefixes {
-            let mut left = 0u64;
-            for prefix in prefixes {
-                left += self.list(prefix, "verifying the erasure").await?.len() as u64;
-            }
+        let mut left_by_template: BTreeMap<&String, u64> = BTreeMap::new();
+        for (template, prefix) in to_verify {
+            let left = self.list(prefix, "verifying the erasure").await?.len() as u64;
             if left > 0 {
-                names.push(format!("{template}: {left}"));
+                *left_by_template.entry(template).or_insert(0) += left;
             }
-            remaining += left;
         }
+        let remaining: u64 = left_by_template.values().sum();
         if remaining > 0 {
+            let names: Vec<String> = left_by_template
+                .iter()
+                .map(|(template, left)| format!("{template}: {left}"))
+                .collect();
             return Err(still_holds(&self.store, remaining, &names));
         }
         Ok(TaskReport {
