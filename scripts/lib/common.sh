@@ -56,6 +56,19 @@ show_log_tail() {
   tail -n "$lines" "$file" | sed 's/^/    /' >&2
 }
 
+# export_test_services: the LETHE_TEST_* variables through which the tests and the benchmarks
+# find the local services (a preset value wins).
+export_test_services() {
+  export LETHE_TEST_PG_URL=${LETHE_TEST_PG_URL:-$PG_ADMIN_URL}
+  export LETHE_TEST_MYSQL_URL=${LETHE_TEST_MYSQL_URL:-mysql://root@$MYSQL_HOST:$MYSQL_PORT}
+  export LETHE_TEST_REDIS_URL=${LETHE_TEST_REDIS_URL:-redis://$REDIS_HOST:$REDIS_PORT}
+  export LETHE_TEST_NATS_URL=${LETHE_TEST_NATS_URL:-nats://$NATS_HOST:$NATS_PORT}
+  export LETHE_TEST_S3_ENDPOINT=${LETHE_TEST_S3_ENDPOINT:-$S3_ENDPOINT}
+  export LETHE_TEST_S3_ACCESS_KEY=${LETHE_TEST_S3_ACCESS_KEY:-$S3_ACCESS_KEY}
+  export LETHE_TEST_S3_SECRET_KEY=${LETHE_TEST_S3_SECRET_KEY:-$S3_SECRET_KEY}
+  export LETHE_NATS_SERVER_BIN=${LETHE_NATS_SERVER_BIN:-$NATS_BIN}
+}
+
 # --- privileges -------------------------------------------------------------------------------
 
 # as_root CMD...: run a command as root (directly, or through sudo).

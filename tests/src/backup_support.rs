@@ -311,6 +311,11 @@ progress_interval = "2s"
     /// Runs `lethe-backup --config <bed config> <args>` as an operator would, with the
     /// operator's GnuPG home and the bed's store variables.
     pub fn run_cli(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+        Ok(self.cli_command(args, env)?.output()?)
+    }
+
+    /// The command [`BackupBed::run_cli`] runs, to spawn it instead.
+    pub fn cli_command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Command> {
         let mut command = Command::new(binary("lethe-backup")?);
         command
             .arg("--config")
@@ -328,7 +333,7 @@ progress_interval = "2s"
         for (key, value) in env {
             command.env(key, value);
         }
-        Ok(command.output()?)
+        Ok(command)
     }
 
     /// Reads an object of Lethe's bucket.
@@ -370,13 +375,7 @@ progress_interval = "2s"
 
 /// The path of a workspace binary (built before the tests run, as `scripts/test` does).
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("unexpected test binary location")?;
-    let path = dir.join(name);
+    let path = crate::process::binaries_dir()?.join(name);
     if !path.is_file() {
         bail!(
             "{} is missing: build the binaries first (cargo build --workspace --bins)",

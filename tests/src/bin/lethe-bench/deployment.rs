@@ -1,0 +1,203 @@
+//! A throwaway deployment of the real daemons, and the ledger queries the benchmarks read.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use lethe_api::keys::{self, Scope};
+use lethe_tests::process::DaemonProcess;
+use lethe_tests::{Namespace, Services};
+use sqlx::PgPool;
+
+use crate::report::{Percentiles, percentiles};
+
+/// A deployment in its own namespace: ledger, NATS prefix, configuration file, log directory.
+pub struct Deployment {
+    ns: Namespace,
+    pub pool: PgPool,
+    config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    pub async fn new(
+        services: &Services,
+        data_map: &str,
+        env: Vec<(String, String)>,
+        extra: &str,
+    ) -> Result<Self> {
+        let ns = Namespace::create(services).await?;
+        let ledger = ns.pg_database("ledger").await?;
+        let dir = tempfile::tempdir()?;
+        let map = dir.path().join("datamap.toml");
+        std::fs::write(&map, data_map)?;
+        let config = dir.path().join("lethe.toml");
+        let bucket = ns.bucket("lethe").await?;
+        let mut text =
+            lethe_tests::api::settings_text(services, &ns, &ledger, &services.nats_url, &map)
+                .replace("bucket = \"unused\"", &format!("bucket = {bucket:?}"))
+                .replace("key_cache_ttl = \"0s\"", "key_cache_ttl = \"30s\"")
+                .replace(
+                    "max_deliver = 3",
+                    "max_deliver = 10\nmax_ack_pending = 20000",
+                );
+        text.push_str("[telemetry]\nfilter = \"warn\"\n");
+        text.push_str(extra);
+        std::fs::write(&config, text)?;
+        let pool = PgPool::connect(&ledger).await?;
+        Ok(Self {
+            ns,
+            pool,
+            config,
+            env,
+            dir,
+        })
+    }
+
+    pub async fn start(&self, binary: &str, listen_key: &str) -> Result<DaemonProcess> {
+        DaemonProcess::start(binary, &self.config, listen_key, &self.env, self.dir.path()).await
+    }
+
+    pub async fn key(&self) -> Result<String> {
+        let tenant = keys::ensure_tenant(&self.pool, "bench").await?;
+        Ok(keys::create(
+            &self.pool,
+            tenant,
+            "bench",
+            &[Scope::RequestsWrite, Scope::RequestsRead],
+        )
+        .await?
+        .secret)
+    }
+
+    pub async fn cleanup(self) -> Result<()> {
+        self.pool.close().await;
+        if let Ok(client) = async_nats::connect(&self.ns.services().nats_url).await {
+            let names = lethe_common::nats::Names::new(&self.ns.nats_prefix())?;
+            lethe_common::nats::deprovision(&async_nats::jetstream::new(client), &names)
+                .await
+                .ok();
+        }
+        self.ns.cleanup().await
+    }
+}
+
+/// Waits until `ids` are all finished; fails if any failed.
+pub async fn wait_finished(pool: &PgPool, first: &str, count: i64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let (done, failed): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed')
+             FROM request WHERE reason = $1",
+        )
+        .bind(first)
+        .fetch_one(pool)
+        .await?;
+        if failed > 0 {
+            let why: Option<String> =
+                sqlx::query_scalar("SELECT failure FROM request WHERE status = 'failed' LIMIT 1")
+                    .fetch_one(pool)
+                    .await?;
+            bail!(
+                "{failed} requests failed, e.g.: {}",
+                why.unwrap_or_default()
+            );
+        }
+        if done >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {count} requests completed in 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Throughput and latencies of the requests whose reason is `run`, from the ledger.
+pub async fn ledger_timings(pool: &PgPool, run: &str) -> Result<(u64, f64, Percentiles)> {
+    let rows: Vec<(f64,)> = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM (completed_at - received_at))::float8 * 1000 FROM request WHERE reason = $1",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    let (span,): (f64,) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM (max(completed_at) - min(received_at)))::float8 FROM request WHERE reason = $1",
+    )
+    .bind(run)
+    .fetch_one(pool)
+    .await?;
+    Ok((
+        rows.len() as u64,
+        span,
+        percentiles(rows.into_iter().map(|r| r.0).collect()),
+    ))
+}
+
+/// The sample stores of a namespace of their own, as the daemons under test see them.
+pub struct SampleStores {
+    ns: Namespace,
+    /// Where they are.
+    pub options: lethe_sample::ConnectOptions,
+    /// Connections to them.
+    pub stores: lethe_sample::SampleStores,
+}
+
+impl SampleStores {
+    /// Creates the sample stores (empty) in a new namespace.
+    pub async fn create(services: &Services) -> Result<Self> {
+        let ns = Namespace::create(services).await?;
+        let options = lethe_tests::sample_options(&ns).await?;
+        let stores = lethe_sample::SampleStores::connect(&options).await?;
+        Ok(Self {
+            ns,
+            options,
+            stores,
+        })
+    }
+
+    /// Seeds them, printing how long it took.
+    pub async fn seed(&self, options: &lethe_sample::SeedOptions) -> Result<()> {
+        eprintln!("seeding {} subject(s)", options.subjects);
+        let started = Instant::now();
+        let report = lethe_sample::seed(&self.stores, options).await?;
+        eprintln!(
+            "seeded {} records in {:.0} s",
+            report.counts.total(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// The data map pointed at them.
+    pub fn data_map(&self) -> Result<String> {
+        lethe_tests::sample_datamap(&self.options)
+    }
+
+    /// The variables naming their URLs, as the data map's `url_env` keys expect.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "ACCOUNTS_DATABASE_URL".to_owned(),
+                self.options.accounts_url.clone(),
+            ),
+            (
+                "CHAT_DATABASE_URL".to_owned(),
+                self.options.chat_url.clone(),
+            ),
+            (
+                "SESSIONS_REDIS_URL".to_owned(),
+                self.options.sessions_url.clone(),
+            ),
+        ]
+    }
+
+    /// Drops them.
+    pub async fn cleanup(self) -> Result<()> {
+        drop(self.stores);
+        self.ns
+            .cleanup()
+            .await
+            .context("while removing the seeded stores")
+    }
+}

@@ -1,0 +1,147 @@
+//! Erasure: subjects erased per second across the four sample stores, and latency at an
+//! offered rate.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use lethe_tests::Services;
+use serde_json::json;
+
+use crate::cpu::Snapshot;
+use crate::deployment::{Deployment, SampleStores, ledger_timings, wait_finished};
+use crate::intake::post_many;
+use crate::report::table;
+
+/// The erasure benchmark's parameters (see `lethe-bench erasure --help`).
+pub struct Run {
+    pub subjects: u64,
+    pub burst: u64,
+    pub paced: u64,
+    pub rate: f64,
+    pub erasers: usize,
+    pub eraser_concurrency: usize,
+    pub skip_stores: Vec<String>,
+}
+
+/// Runs the erasure benchmark.
+pub async fn run(run: Run) -> Result<()> {
+    let Run {
+        subjects,
+        burst,
+        paced,
+        rate,
+        erasers,
+        eraser_concurrency,
+        skip_stores,
+    } = run;
+    if burst + paced > subjects {
+        bail!("--burst plus --paced must not exceed --subjects");
+    }
+    let services = Services::from_env();
+    let sample = SampleStores::create(&services).await?;
+    let seed = 1;
+    sample
+        .seed(&lethe_sample::SeedOptions::new(subjects, seed))
+        .await?;
+    let env = sample.env();
+    let map = without_stores(&sample.data_map()?, &skip_stores)?;
+    let stores = 4 - skip_stores.len();
+    let extra = format!("[eraser]\nlisten = \"127.0.0.1:0\"\nconcurrency = {eraser_concurrency}\n");
+    let deployment = Deployment::new(&services, &map, env, &extra).await?;
+    let api = deployment.start("lethe-api", "LETHE__API__LISTEN").await?;
+    let mut eraser_processes = Vec::new();
+    for _ in 0..erasers {
+        eraser_processes.push(
+            deployment
+                .start("lethe-eraser", "LETHE__ERASER__LISTEN")
+                .await?,
+        );
+    }
+    let base = format!("http://{}", api.address);
+    let key = deployment.key().await?;
+    let email = move |i: u64| lethe_sample::subject(seed, i).identities.email;
+
+    eprintln!("throughput: {burst} erasures at once");
+    let body = move |i: u64| json!({"kind": "erasure", "subject": {"email": email(i + 1)}, "reason": "burst"});
+    let before = Snapshot::take();
+    post_many(&base, &key, burst, 64, body).await?;
+    wait_finished(&deployment.pool, "burst", i64::try_from(burst)?).await?;
+    let burst_cpu = (before, Snapshot::take());
+    let (count, span, burst_latency) = ledger_timings(&deployment.pool, "burst").await?;
+    let throughput = count as f64 / span;
+
+    eprintln!("latency: {paced} erasures at {rate} per second");
+    let client = reqwest::Client::new();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..paced {
+        ticker.tick().await;
+        let request = client
+            .post(format!("{base}/v1/requests"))
+            .bearer_auth(&key)
+            .json(&json!({"kind": "erasure", "subject": {"email": email(burst + i + 1)}, "reason": "paced"}));
+        sends.spawn(async move { request.send().await.map(|r| r.status().as_u16()) });
+    }
+    while let Some(sent) = sends.join_next().await {
+        let status = sent??;
+        if status != 202 {
+            bail!("POST answered {status}");
+        }
+    }
+    wait_finished(&deployment.pool, "paced", i64::try_from(paced)?).await?;
+    let (paced_count, paced_span, paced_latency) =
+        ledger_timings(&deployment.pool, "paced").await?;
+
+    table(&[
+        (
+            format!("erasure burst, {stores} stores, {subjects} subjects, {erasers} eraser(s)"),
+            count,
+            span,
+            throughput,
+            "subjects/s",
+            burst_latency,
+        ),
+        (
+            format!("erasure at {rate:.0}/s offered, POST to completed"),
+            paced_count,
+            paced_span,
+            paced_count as f64 / paced_span,
+            "subjects/s",
+            paced_latency,
+        ),
+    ]);
+    burst_cpu.1.print_since(&burst_cpu.0);
+    for (i, eraser) in eraser_processes.iter().enumerate() {
+        println!(
+            "eraser {i} peak RSS: {} MiB",
+            eraser.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
+        );
+    }
+    println!(
+        "api peak RSS: {} MiB",
+        api.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
+    );
+    for eraser in eraser_processes {
+        eraser.stop()?;
+    }
+    api.stop()?;
+    deployment.cleanup().await?;
+    sample.cleanup().await
+}
+
+/// The data map `map` without the stores `skip`.
+fn without_stores(map: &str, skip: &[String]) -> Result<String> {
+    let mut map: toml::Table = toml::from_str(map)?;
+    let stores = map
+        .get_mut("stores")
+        .and_then(|s| s.as_table_mut())
+        .context("the data map has no [stores]")?;
+    for name in skip {
+        if stores.remove(name).is_none() {
+            bail!("--skip-store {name}: the sample data map has no such store");
+        }
+    }
+    Ok(toml::to_string(&map)?)
+}

@@ -1,0 +1,141 @@
+//! `lethe-bench`: Lethe's benchmark harness. Each benchmark starts the real daemons (release
+//! binaries beside this one) as processes in a throwaway namespace on the local services,
+//! drives them as a client would, and prints a table. Latencies are taken from the ledger's own
+//! timestamps (`received_at` -> `completed_at`), so measuring adds no load.
+//!
+//! Run from the repository with `scripts/bench <benchmark>` (it starts the services, installs
+//! the AWS command line the backup benchmark compares against, builds the release binaries and
+//! runs this one), e.g. `scripts/bench intake`.
+
+mod backup;
+mod cpu;
+mod deployment;
+mod erasure;
+mod export;
+mod intake;
+mod report;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Lethe's benchmark harness: each benchmark runs the real daemons against the local services
+/// (start them with `scripts/stack services`) and prints a table.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Intake: POST /v1/requests throughput and latency percentiles (no workers running).
+    Intake {
+        /// Requests to send (after a warm-up of 500).
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Erasure: subjects erased per second across the four sample stores (a burst), and latency
+    /// from POST to completed at an offered rate.
+    Erasure {
+        /// Sample subjects seeded first.
+        #[arg(long, default_value_t = 100_000)]
+        subjects: u64,
+        /// Erasures filed at once for the throughput run.
+        #[arg(long, default_value_t = 2_000)]
+        burst: u64,
+        /// Erasures filed at the offered rate for the latency run.
+        #[arg(long, default_value_t = 1_000)]
+        paced: u64,
+        /// Offered rate of the latency run, requests per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Eraser processes (each serving every store).
+        #[arg(long, default_value_t = 1)]
+        erasers: usize,
+        /// Tasks each eraser handles at once per store.
+        #[arg(long, default_value_t = 16)]
+        eraser_concurrency: usize,
+        /// Leave this store out of the data map (repeatable): to see what the others sustain
+        /// when one store's server is the limit.
+        #[arg(long = "skip-store", value_name = "STORE")]
+        skip_stores: Vec<String>,
+    },
+    /// Export: one subject with at least `--size-mib` of data (rows plus attachments) exported
+    /// into one zip; wall time, throughput, the exporter's peak RSS.
+    Export {
+        /// Size of the subject's attachments, MiB (its rows add a few KiB).
+        #[arg(long, default_value_t = 1100)]
+        size_mib: u64,
+    },
+    /// Backup: a PostgreSQL database of `--size-mib` of text backed up by `lethe-backup` and by
+    /// the conventional and hand-tuned shell pipelines (pg_dump, zstd, gpg, aws s3 cp) on the
+    /// same data and S3; then both restores.
+    Backup {
+        /// Size of the generated table data, MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    lethe_common::cli::report(run(Cli::parse()).await)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    println!("{}", machine());
+    match cli.bench {
+        Bench::Intake {
+            requests,
+            concurrency,
+        } => intake::run(requests, concurrency).await,
+        Bench::Erasure {
+            subjects,
+            burst,
+            paced,
+            rate,
+            erasers,
+            eraser_concurrency,
+            skip_stores,
+        } => {
+            let run = erasure::Run {
+                subjects,
+                burst,
+                paced,
+                rate,
+                erasers,
+                eraser_concurrency,
+                skip_stores,
+            };
+            erasure::run(run).await
+        }
+        Bench::Export { size_mib } => export::run(size_mib).await,
+        Bench::Backup { size_mib } => backup::run(size_mib).await,
+    }
+}
+
+/// One line describing the machine, for the README's tables.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or_else(String::new, |kib| format!(", {} GiB", kib / 1024 / 1024));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("machine: {cores} cores ({cpu}){memory}")
+}
