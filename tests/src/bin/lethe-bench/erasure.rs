@@ -12,15 +12,31 @@ use crate::deployment::{Deployment, SampleStores, ledger_timings, wait_finished}
 use crate::intake::post_many;
 use crate::report::table;
 
-/// The erasure benchmark's parameters (see `lethe-bench erasure --help`).
+/// The erasure benchmark's parameters.
+#[derive(Debug, clap::Args)]
 pub struct Run {
-    pub subjects: u64,
-    pub burst: u64,
-    pub paced: u64,
-    pub rate: f64,
-    pub erasers: usize,
-    pub eraser_concurrency: usize,
-    pub skip_stores: Vec<String>,
+    /// Sample subjects seeded first.
+    #[arg(long, default_value_t = 100_000)]
+    subjects: u64,
+    /// Erasures filed at once for the throughput run.
+    #[arg(long, default_value_t = 2_000)]
+    burst: u64,
+    /// Erasures filed at the offered rate for the latency run.
+    #[arg(long, default_value_t = 1_000)]
+    paced: u64,
+    /// Offered rate of the latency run, requests per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Eraser processes (each serving every store).
+    #[arg(long, default_value_t = 1)]
+    erasers: usize,
+    /// Tasks each eraser handles at once per store.
+    #[arg(long, default_value_t = 16)]
+    eraser_concurrency: usize,
+    /// Leave this store out of the data map (repeatable): to see what the others sustain
+    /// when one store's server is the limit.
+    #[arg(long = "skip-store", value_name = "STORE")]
+    skip_stores: Vec<String>,
 }
 
 /// Runs the erasure benchmark.

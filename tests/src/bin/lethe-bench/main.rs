@@ -40,30 +40,7 @@ enum Bench {
     },
     /// Erasure: subjects erased per second across the four sample stores (a burst), and latency
     /// from POST to completed at an offered rate.
-    Erasure {
-        /// Sample subjects seeded first.
-        #[arg(long, default_value_t = 100_000)]
-        subjects: u64,
-        /// Erasures filed at once for the throughput run.
-        #[arg(long, default_value_t = 2_000)]
-        burst: u64,
-        /// Erasures filed at the offered rate for the latency run.
-        #[arg(long, default_value_t = 1_000)]
-        paced: u64,
-        /// Offered rate of the latency run, requests per second.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        /// Eraser processes (each serving every store).
-        #[arg(long, default_value_t = 1)]
-        erasers: usize,
-        /// Tasks each eraser handles at once per store.
-        #[arg(long, default_value_t = 16)]
-        eraser_concurrency: usize,
-        /// Leave this store out of the data map (repeatable): to see what the others sustain
-        /// when one store's server is the limit.
-        #[arg(long = "skip-store", value_name = "STORE")]
-        skip_stores: Vec<String>,
-    },
+    Erasure(erasure::Run),
     /// Export: one subject with at least `--size-mib` of data (rows plus attachments) exported
     /// into one zip; wall time, throughput, the exporter's peak RSS.
     Export {
@@ -93,26 +70,7 @@ async fn run(cli: Cli) -> Result<()> {
             requests,
             concurrency,
         } => intake::run(requests, concurrency).await,
-        Bench::Erasure {
-            subjects,
-            burst,
-            paced,
-            rate,
-            erasers,
-            eraser_concurrency,
-            skip_stores,
-        } => {
-            let run = erasure::Run {
-                subjects,
-                burst,
-                paced,
-                rate,
-                erasers,
-                eraser_concurrency,
-                skip_stores,
-            };
-            erasure::run(run).await
-        }
+        Bench::Erasure(run) => erasure::run(run).await,
         Bench::Export { size_mib } => export::run(size_mib).await,
         Bench::Backup { size_mib } => backup::run(size_mib).await,
     }
