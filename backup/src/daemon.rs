@@ -16,7 +16,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
+use lethe_common::daemon::{acknowledge_command, consumer_drained, pull_commands};
 use lethe_common::ids::StoreName;
 use lethe_common::nats::retry_delay;
 use lethe_common::worker::RunMode;
@@ -154,45 +154,17 @@ pub async fn run(
         // One command at a time per free permit: the rest wait in the stream, where another
         // process may take them.
         let wanted = shared.permits.available_permits().max(1);
-        let batch = consumer
-            .batch()
-            .max_messages(wanted)
-            .expires(shared.config.poll)
-            .messages()
-            .await;
-        let mut received = 0usize;
-        match batch {
-            Ok(mut batch) => loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    () = shutdown.cancelled() => None,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        received += 1;
-                        tasks.spawn(handle(shared.clone(), message));
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(error = %error, "pulling backup commands was interrupted");
-                        break;
-                    }
-                    None => break,
-                }
-            },
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot pull backup commands; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
+        let mut commands =
+            pull_commands(&consumer, wanted, shared.config.poll, &shutdown, "backup").await;
+        while let Some(message) = commands.next().await {
+            tasks.spawn(handle(shared.clone(), message));
         }
-        if mode == RunMode::UntilIdle && received == 0 && tasks.is_empty() {
-            match consumer.info().await {
-                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => break,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(error = %error, "cannot read the consumer's state"),
-            }
+        if mode == RunMode::UntilIdle
+            && commands.received() == 0
+            && tasks.is_empty()
+            && consumer_drained(&mut consumer).await
+        {
+            break;
         }
     }
     drain(&shared, tasks).await;
@@ -288,13 +260,13 @@ async fn handle(shared: Arc<Shared>, message: Message) {
             Some(store) => vec![store.clone()],
             None => {
                 tracing::warn!(subject = %subject, "run command for a store this process does not back up; dropped");
-                acknowledge(&message, AckKind::Term).await;
+                acknowledge_command(&message, AckKind::Term, "backup").await;
                 return;
             }
         },
         None => {
             tracing::warn!(subject = %subject, "not a backup run command; dropped");
-            acknowledge(&message, AckKind::Term).await;
+            acknowledge_command(&message, AckKind::Term, "backup").await;
             return;
         }
     };
@@ -317,7 +289,7 @@ async fn handle(shared: Arc<Shared>, message: Message) {
         })
         .collect();
     if unfinished.is_empty() {
-        acknowledge(&message, AckKind::Ack).await;
+        acknowledge_command(&message, AckKind::Ack, "backup").await;
     } else if i64::from(deliveries) >= shared.config.max_deliver {
         tracing::error!(
             subject = %subject,
@@ -325,7 +297,7 @@ async fn handle(shared: Arc<Shared>, message: Message) {
             deliveries,
             "backup run command given up after its last delivery"
         );
-        acknowledge(&message, AckKind::Term).await;
+        acknowledge_command(&message, AckKind::Term, "backup").await;
     } else {
         let delay = retry_delay(deliveries);
         tracing::warn!(
@@ -334,13 +306,7 @@ async fn handle(shared: Arc<Shared>, message: Message) {
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "backup run command unfinished; it will come back"
         );
-        acknowledge(&message, AckKind::Nak(Some(delay))).await;
-    }
-}
-
-async fn acknowledge(message: &Message, kind: AckKind) {
-    if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!(error = %error, "cannot acknowledge a backup run command; it will come back");
+        acknowledge_command(&message, AckKind::Nak(Some(delay)), "backup").await;
     }
 }
 

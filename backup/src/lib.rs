@@ -15,10 +15,10 @@ pub mod upload;
 use std::sync::Arc;
 
 use lethe_common::Settings;
-use lethe_common::daemon::LedgerWorker;
+use lethe_common::daemon::{LedgerWorker, poll_interval};
 use lethe_common::nats::Durable;
 use lethe_common::stores::{self, ServedStore};
-use lethe_common::worker::{NoTasks, RunMode, WorkerLoop};
+use lethe_common::worker::RunMode;
 use tokio_util::sync::CancellationToken;
 
 pub use keys::{KeyError, Recipients};
@@ -59,10 +59,7 @@ impl App {
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
             drain_timeout: settings.backup.drain_timeout,
-            poll: match mode {
-                RunMode::UntilShutdown => std::time::Duration::from_secs(1),
-                RunMode::UntilIdle => std::time::Duration::from_millis(250),
-            },
+            poll: poll_interval(mode),
         };
         Ok(Self {
             worker,
@@ -89,26 +86,13 @@ impl App {
     /// drains: running backups get `backup.drain_timeout` to finish, then are interrupted.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = stores::readiness(&self.stores, self.worker.readiness);
-        let ops_stop = CancellationToken::new();
-        let loops: Vec<WorkerLoop<NoTasks>> = Vec::new();
-        let ops =
-            self.worker
-                .daemon
-                .run(loops, readiness, ops_stop.clone(), RunMode::UntilShutdown);
-        let work = async {
-            let result = daemon::run(
-                self.backups,
-                self.consumer,
-                self.config,
-                shutdown,
-                self.mode,
-            )
-            .await;
-            ops_stop.cancel();
-            result
-        };
-        let (ops, work) = tokio::join!(ops, work);
-        work?;
-        ops
+        let work = daemon::run(
+            self.backups,
+            self.consumer,
+            self.config,
+            shutdown,
+            self.mode,
+        );
+        self.worker.daemon.serve_during(readiness, work).await
     }
 }

@@ -184,11 +184,9 @@ impl Backups {
     /// Checks the configuration, then opens (and migrates) the ledger and checks the bucket.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let plan = Plan::load(settings)?;
-        let pool = lethe_common::ledger::connect_and_migrate(settings.require_ledger()?).await?;
-        let s3_settings = settings.require_s3()?;
-        let s3 = lethe_common::s3::client(s3_settings);
-        lethe_common::s3::ensure_bucket(&s3, &s3_settings.bucket).await?;
-        Ok(Self::new(plan, pool, s3, s3_settings.bucket.clone(), None))
+        let (pool, s3) = lethe_common::daemon::open_ledger_and_bucket(settings).await?;
+        let bucket = settings.require_s3()?.bucket.clone();
+        Ok(Self::new(plan, pool, s3, bucket, None))
     }
 
     /// The stores backed up, in name order.

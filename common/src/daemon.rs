@@ -3,9 +3,12 @@
 //! loops until SIGTERM, drain.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, WorkerSettings};
 use crate::nats::{self, ConsumerSpec, Durable, Names, Publisher};
 use crate::ops::{self, Readiness};
-use crate::worker::{Handler, LoopSettings, RunMode, WorkerLoop};
+use crate::worker::{Handler, LoopSettings, NoTasks, RunMode, WorkerLoop};
 
 /// A worker daemon between start-up and run: NATS connected, streams provisioned, the
 /// operations port bound.
@@ -77,10 +80,7 @@ impl WorkerDaemon {
             drain_timeout: self.worker.drain_timeout,
             max_deliver: self.settings.nats.max_deliver,
             ack_wait: self.settings.nats.ack_wait,
-            poll: match mode {
-                RunMode::UntilShutdown => std::time::Duration::from_secs(1),
-                RunMode::UntilIdle => std::time::Duration::from_millis(250),
-            },
+            poll: poll_interval(mode),
         }
     }
 
@@ -148,6 +148,144 @@ impl WorkerDaemon {
         tracing::info!(daemon = self.name, "stopped");
         failure.map_or(Ok(()), Err)
     }
+
+    /// Serves the operations endpoints (with `readiness`) while `work` runs, and stops them
+    /// when it ends: for a daemon whose loop is its own rather than [`WorkerLoop`]s. `work`'s
+    /// error comes first, then the server's.
+    pub async fn serve_during(
+        self,
+        readiness: Readiness,
+        work: impl Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        let ops_stop = CancellationToken::new();
+        let loops: Vec<WorkerLoop<NoTasks>> = Vec::new();
+        let ops = self.run(loops, readiness, ops_stop.clone(), RunMode::UntilShutdown);
+        let work = async {
+            let result = work.await;
+            ops_stop.cancel();
+            result
+        };
+        let (ops, work) = tokio::join!(ops, work);
+        work?;
+        ops
+    }
+}
+
+/// How long one pull waits for work: shorter when the daemon stops once idle, so that it
+/// notices sooner.
+pub fn poll_interval(mode: RunMode) -> Duration {
+    match mode {
+        RunMode::UntilShutdown => Duration::from_secs(1),
+        RunMode::UntilIdle => Duration::from_millis(250),
+    }
+}
+
+/// Opens (and migrates) the ledger and checks Lethe's bucket: what a daemon or command that
+/// owns part of the ledger (backup, retention) needs first.
+pub async fn open_ledger_and_bucket(
+    settings: &Settings,
+) -> anyhow::Result<(sqlx::PgPool, aws_sdk_s3::Client)> {
+    let pool = crate::ledger::connect_and_migrate(settings.require_ledger()?).await?;
+    let s3_settings = settings.require_s3()?;
+    let s3 = crate::s3::client(s3_settings);
+    crate::s3::ensure_bucket(&s3, &s3_settings.bucket).await?;
+    Ok((pool, s3))
+}
+
+/// Pulls one batch of up to `max` run commands from `consumer`, waiting at most `poll`; its
+/// commands come from [`Commands::next`] as they arrive. A failed pull is logged and waited out
+/// for a second (or until `shutdown`), and gives no command. `what` names the commands in the
+/// log ("backup", "retention").
+pub async fn pull_commands<'a>(
+    consumer: &PullConsumer,
+    max: usize,
+    poll: Duration,
+    shutdown: &'a CancellationToken,
+    what: &'static str,
+) -> Commands<'a> {
+    let batch = consumer
+        .batch()
+        .max_messages(max)
+        .expires(poll)
+        .messages()
+        .await;
+    let batch = match batch {
+        Ok(batch) => Some(batch),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot pull {what} commands; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => {}
+            }
+            None
+        }
+    };
+    Commands {
+        batch,
+        shutdown,
+        what,
+        received: 0,
+    }
+}
+
+/// One pulled batch of run commands (see [`pull_commands`]).
+pub struct Commands<'a> {
+    batch: Option<async_nats::jetstream::consumer::pull::Batch>,
+    shutdown: &'a CancellationToken,
+    what: &'static str,
+    received: usize,
+}
+
+impl Commands<'_> {
+    /// The next command, or `None` once the batch ends, is interrupted (logged) or `shutdown`
+    /// is cancelled.
+    pub async fn next(&mut self) -> Option<Message> {
+        let batch = self.batch.as_mut()?;
+        let next = tokio::select! {
+            next = batch.next() => next,
+            () = self.shutdown.cancelled() => None,
+        };
+        match next {
+            Some(Ok(message)) => {
+                self.received += 1;
+                Some(message)
+            }
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "pulling {} commands was interrupted", self.what);
+                self.batch = None;
+                None
+            }
+            None => {
+                self.batch = None;
+                None
+            }
+        }
+    }
+
+    /// How many commands [`Commands::next`] has given.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+}
+
+/// Acknowledges run command `message` with `kind`. A failure is only logged: the command comes
+/// back, and runs are idempotent. `what` names it in the log ("backup", "retention").
+pub async fn acknowledge_command(message: &Message, kind: AckKind, what: &str) {
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(error = %error, "cannot acknowledge a {what} run command; it will come back");
+    }
+}
+
+/// Whether `consumer` has nothing left: no command pending or awaiting acknowledgement. An
+/// error reading its state is logged and counts as not drained.
+pub async fn consumer_drained(consumer: &mut PullConsumer) -> bool {
+    match consumer.info().await {
+        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the consumer's state");
+            false
+        }
+    }
 }
 
 /// A worker daemon that also owns part of the ledger (backup, retention): the ledger opened
@@ -171,10 +309,7 @@ impl LedgerWorker {
         worker: &WorkerSettings,
         durable: Durable,
     ) -> anyhow::Result<Self> {
-        let pool = crate::ledger::connect_and_migrate(settings.require_ledger()?).await?;
-        let s3_settings = settings.require_s3()?;
-        let s3 = crate::s3::client(s3_settings);
-        crate::s3::ensure_bucket(&s3, &s3_settings.bucket).await?;
+        let (pool, s3) = open_ledger_and_bucket(settings).await?;
         let daemon = WorkerDaemon::start(name, settings, worker).await?;
         daemon.consumer(durable).await?;
         let readiness = Readiness::new().ledger(pool.clone());

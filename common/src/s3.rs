@@ -126,32 +126,14 @@ pub async fn list_objects_under(
     bucket: &str,
     prefix: &str,
 ) -> Result<Vec<ObjectInfo>, SdkError<ListObjectsV2Error>> {
-    let mut objects = Vec::new();
-    let mut folders = vec![prefix.to_owned()];
-    while let Some(folder) = folders.pop() {
-        let mut pages = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(&folder)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page?;
-            objects.extend(page.contents().iter().filter_map(|o| {
-                Some(ObjectInfo {
-                    key: o.key()?.to_owned(),
-                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    e_tag: o.e_tag().map(str::to_owned),
-                })
-            }));
-            folders.extend(
-                page.common_prefixes()
-                    .iter()
-                    .filter_map(|p| p.prefix().map(str::to_owned)),
-            );
-        }
-    }
+    let mut objects = walk_under(client, bucket, prefix, |o| {
+        Some(ObjectInfo {
+            key: o.key()?.to_owned(),
+            size: object_size(o),
+            e_tag: o.e_tag().map(str::to_owned),
+        })
+    })
+    .await?;
     objects.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(objects)
 }
@@ -174,6 +156,36 @@ pub async fn list_objects_modified_under(
     bucket: &str,
     prefix: &str,
 ) -> Result<Vec<StoredObject>, SdkError<ListObjectsV2Error>> {
+    let mut objects = walk_under(client, bucket, prefix, |o| {
+        Some(StoredObject {
+            key: o.key()?.to_owned(),
+            size: object_size(o),
+            last_modified: o
+                .last_modified()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+        })
+    })
+    .await?;
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(objects)
+}
+
+/// An object's size in bytes; 0 where the server gave none (or a negative one).
+fn object_size(object: &aws_sdk_s3::types::Object) -> u64 {
+    object
+        .size()
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(0)
+}
+
+/// The level-by-level walk behind the listings: every object under `prefix`, page by page,
+/// turned into a `T` by `entry` (an object it returns `None` for is skipped). In no set order.
+async fn walk_under<T>(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    entry: impl Fn(&aws_sdk_s3::types::Object) -> Option<T>,
+) -> Result<Vec<T>, SdkError<ListObjectsV2Error>> {
     let mut objects = Vec::new();
     let mut folders = vec![prefix.to_owned()];
     while let Some(folder) = folders.pop() {
@@ -186,15 +198,7 @@ pub async fn list_objects_modified_under(
             .send();
         while let Some(page) = pages.next().await {
             let page = page?;
-            objects.extend(page.contents().iter().filter_map(|o| {
-                Some(StoredObject {
-                    key: o.key()?.to_owned(),
-                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
-                    last_modified: o
-                        .last_modified()
-                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
-                })
-            }));
+            objects.extend(page.contents().iter().filter_map(&entry));
             folders.extend(
                 page.common_prefixes()
                     .iter()
@@ -202,7 +206,6 @@ pub async fn list_objects_modified_under(
             );
         }
     }
-    objects.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(objects)
 }
 

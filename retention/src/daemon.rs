@@ -13,7 +13,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
+use lethe_common::daemon::{acknowledge_command, consumer_drained, pull_commands};
 use lethe_common::nats::retry_delay;
 use lethe_common::worker::RunMode;
 use serde::Deserialize;
@@ -107,47 +107,17 @@ pub async fn run(
                 }
             }
         }
-        let batch = consumer
-            .batch()
-            .max_messages(1)
-            .expires(config.poll)
-            .messages()
-            .await;
-        let mut received = 0usize;
-        match batch {
-            Ok(mut batch) => loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    () = shutdown.cancelled() => None,
-                };
-                match next {
-                    Some(Ok(message)) => {
-                        received += 1;
-                        if handle(&retention, &config, &message, &shutdown).await {
-                            last_run = Some(Utc::now());
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(error = %error, "pulling retention commands was interrupted");
-                        break;
-                    }
-                    None => break,
-                }
-            },
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot pull retention commands; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => {}
-                }
+        let mut commands = pull_commands(&consumer, 1, config.poll, &shutdown, "retention").await;
+        while let Some(message) = commands.next().await {
+            if handle(&retention, &config, &message, &shutdown).await {
+                last_run = Some(Utc::now());
             }
         }
-        if mode == RunMode::UntilIdle && received == 0 {
-            match consumer.info().await {
-                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => break,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(error = %error, "cannot read the consumer's state"),
-            }
+        if mode == RunMode::UntilIdle
+            && commands.received() == 0
+            && consumer_drained(&mut consumer).await
+        {
+            break;
         }
     }
     tracing::info!("retention loop stopped");
@@ -173,7 +143,7 @@ async fn handle(
     };
     let Some(command) = command else {
         tracing::warn!(subject = %subject, "not a retention run command; dropped");
-        acknowledge(message, AckKind::Term).await;
+        acknowledge_command(message, AckKind::Term, "retention").await;
         return false;
     };
     let mode = if command.dry_run {
@@ -187,7 +157,7 @@ async fn handle(
     drop(heartbeat);
     let problem = match result {
         Some(Ok(Outcome::Completed(report))) if report.errors() == 0 => {
-            acknowledge(message, AckKind::Ack).await;
+            acknowledge_command(message, AckKind::Ack, "retention").await;
             return mode == Mode::Delete;
         }
         Some(Ok(Outcome::Completed(report))) => {
@@ -200,7 +170,7 @@ async fn handle(
     };
     if i64::from(deliveries) >= config.max_deliver {
         tracing::error!(subject = %subject, problem = %problem, deliveries, "retention run command given up after its last delivery");
-        acknowledge(message, AckKind::Term).await;
+        acknowledge_command(message, AckKind::Term, "retention").await;
     } else {
         let delay = retry_delay(deliveries);
         tracing::warn!(
@@ -209,15 +179,9 @@ async fn handle(
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "retention run command unfinished; it will come back"
         );
-        acknowledge(message, AckKind::Nak(Some(delay))).await;
+        acknowledge_command(message, AckKind::Nak(Some(delay)), "retention").await;
     }
     false
-}
-
-async fn acknowledge(message: &Message, kind: AckKind) {
-    if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!(error = %error, "cannot acknowledge a retention run command; it will come back");
-    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ pub mod schedule;
 use std::sync::Arc;
 
 use lethe_common::Settings;
-use lethe_common::daemon::LedgerWorker;
+use lethe_common::daemon::{LedgerWorker, poll_interval};
 use lethe_common::nats::{Durable, Names};
-use lethe_common::worker::{NoTasks, RunMode, WorkerLoop};
+use lethe_common::worker::RunMode;
 use tokio_util::sync::CancellationToken;
 
 pub use policy::{Mode, Outcome, Plan, Report, Retention};
@@ -55,10 +55,7 @@ impl App {
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
             drain_timeout: settings.retention.drain_timeout,
-            poll: match mode {
-                RunMode::UntilShutdown => std::time::Duration::from_secs(1),
-                RunMode::UntilIdle => std::time::Duration::from_millis(250),
-            },
+            poll: poll_interval(mode),
         };
         Ok(Self {
             worker,
@@ -82,28 +79,16 @@ impl App {
     /// Serves the operations endpoints and runs the schedule and the run commands until
     /// `shutdown` is cancelled (or, in [`RunMode::UntilIdle`], until no command is left).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let ops_stop = CancellationToken::new();
-        let loops: Vec<WorkerLoop<NoTasks>> = Vec::new();
-        let ops = self.worker.daemon.run(
-            loops,
-            self.worker.readiness,
-            ops_stop.clone(),
-            RunMode::UntilShutdown,
+        let work = daemon::run(
+            self.retention,
+            self.consumer,
+            self.config,
+            shutdown,
+            self.mode,
         );
-        let work = async {
-            let result = daemon::run(
-                self.retention,
-                self.consumer,
-                self.config,
-                shutdown,
-                self.mode,
-            )
-            .await;
-            ops_stop.cancel();
-            result
-        };
-        let (ops, work) = tokio::join!(ops, work);
-        work?;
-        ops
+        self.worker
+            .daemon
+            .serve_during(self.worker.readiness, work)
+            .await
     }
 }

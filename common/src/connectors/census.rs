@@ -180,28 +180,10 @@ pub async fn count(served: &ServedStore) -> CensusReply {
     let store = served.name.as_str();
     match (&served.store, &served.connection) {
         (Store::Postgres(sql), StoreConnection::Postgres(pool)) => {
-            let Some(plan) = plan(Dialect::Postgres, &sql.collections) else {
-                return uncounted(store, "no collection to count", None);
-            };
-            match sqlx::query_as::<_, (Option<String>, i64)>(&plan.statement)
-                .fetch_all(pool)
-                .await
-            {
-                Ok(rows) => fold(store, plan, rows),
-                Err(error) => uncounted(store, plan.method, Some(describe(&error))),
-            }
+            count_sql(store, Dialect::Postgres, &sql.collections, pool).await
         }
         (Store::Mysql(sql), StoreConnection::Mysql(pool)) => {
-            let Some(plan) = plan(Dialect::Mysql, &sql.collections) else {
-                return uncounted(store, "no collection to count", None);
-            };
-            match sqlx::query_as::<_, (Option<String>, i64)>(&plan.statement)
-                .fetch_all(pool)
-                .await
-            {
-                Ok(rows) => fold(store, plan, rows),
-                Err(error) => uncounted(store, plan.method, Some(describe(&error))),
-            }
+            count_sql(store, Dialect::Mysql, &sql.collections, pool).await
         }
         (Store::Redis(_), _) | (Store::S3(_), _) => uncounted(
             store,
@@ -213,6 +195,31 @@ pub async fn count(served: &ServedStore) -> CensusReply {
             "not counted",
             Some("the store's connection is not of the kind its data-map entry names".to_owned()),
         ),
+    }
+}
+
+/// Counts an SQL store's subjects over `pool`, of either dialect.
+async fn count_sql<DB>(
+    store: &str,
+    dialect: Dialect,
+    collections: &[Collection],
+    pool: &sqlx::Pool<DB>,
+) -> CensusReply
+where
+    DB: sqlx::Database,
+    for<'r> (Option<String>, i64): sqlx::FromRow<'r, DB::Row>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let Some(plan) = plan(dialect, collections) else {
+        return uncounted(store, "no collection to count", None);
+    };
+    match sqlx::query_as::<DB, (Option<String>, i64)>(&plan.statement)
+        .fetch_all(pool)
+        .await
+    {
+        Ok(rows) => fold(store, plan, rows),
+        Err(error) => uncounted(store, plan.method, Some(describe(&error))),
     }
 }
 

@@ -14,9 +14,7 @@ impl Retention {
         let expired = match catalog::expired_backups(&self.pool, cutoff, now).await {
             Ok(expired) => expired,
             Err(error) => {
-                section
-                    .errors
-                    .push(format!("cannot read the backup catalog: {error}"));
+                section.error("cannot read the backup catalog", error);
                 return section;
             }
         };
@@ -61,9 +59,7 @@ impl Retention {
         };
         match catalog::oldest_backup(&self.pool, &excluded).await {
             Ok(oldest) => section.oldest_left = oldest,
-            Err(error) => section
-                .errors
-                .push(format!("cannot read the backup catalog: {error}")),
+            Err(error) => section.error("cannot read the backup catalog", error),
         }
         section
     }

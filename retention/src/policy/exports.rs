@@ -18,9 +18,7 @@ impl Retention {
         let expired = match catalog::expired_exports(&self.pool, cutoff, now).await {
             Ok(expired) => expired,
             Err(error) => {
-                section
-                    .errors
-                    .push(format!("cannot read the export catalog: {error}"));
+                section.error("cannot read the export catalog", error);
                 return section;
             }
         };
@@ -61,9 +59,7 @@ impl Retention {
         let live: BTreeSet<String> = match catalog::live_export_keys(&self.pool).await {
             Ok(keys) => keys.into_iter().collect(),
             Err(error) => {
-                section
-                    .errors
-                    .push(format!("cannot read the export catalog: {error}"));
+                section.error("cannot read the export catalog", error);
                 return section;
             }
         };
@@ -84,7 +80,7 @@ impl Retention {
                         let keys = [object.key.clone()];
                         if let Err(error) = s3util::delete_keys(&self.s3, &self.bucket, &keys).await
                         {
-                            section.errors.push(format!("orphaned archive: {error}"));
+                            section.error("orphaned archive", error);
                             continue;
                         }
                         let recorded = catalog::record_objects_deleted(

@@ -30,8 +30,7 @@ impl Retention {
             Err(error) => {
                 report
                     .section
-                    .errors
-                    .push(format!("cannot read the backup catalog: {error}"));
+                    .error("cannot read the backup catalog", error);
                 return report;
             }
         };
@@ -43,10 +42,7 @@ impl Retention {
             let batch = match catalog::minimisable(&self.pool, bound, settled, limit).await {
                 Ok(batch) => batch,
                 Err(error) => {
-                    report
-                        .section
-                        .errors
-                        .push(format!("cannot read the requests: {error}"));
+                    report.section.error("cannot read the requests", error);
                     break;
                 }
             };
@@ -54,10 +50,7 @@ impl Retention {
                 break;
             }
             if !dry && let Err(error) = catalog::minimise(&self.pool, &batch, now).await {
-                report
-                    .section
-                    .errors
-                    .push(format!("cannot minimise identities: {error}"));
+                report.section.error("cannot minimise identities", error);
                 break;
             }
             report.section.deleted += batch.len() as u64;
@@ -79,10 +72,7 @@ impl Retention {
         }
         match catalog::oldest_identities(&self.pool).await {
             Ok(oldest) => report.section.oldest_left = oldest,
-            Err(error) => report
-                .section
-                .errors
-                .push(format!("cannot read the requests: {error}")),
+            Err(error) => report.section.error("cannot read the requests", error),
         }
         report
     }

@@ -93,13 +93,11 @@ impl Retention {
 
     /// Checks the configuration, then opens (and migrates) the ledger and checks the bucket.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        let ledger = settings.require_ledger()?;
-        let s3_settings = settings.require_s3()?;
+        settings.require_ledger()?;
+        let bucket = settings.require_s3()?.bucket.clone();
         let plan = Plan::load(settings)?;
-        let pool = lethe_common::ledger::connect_and_migrate(ledger).await?;
-        let s3 = s3util::client(s3_settings);
-        s3util::ensure_bucket(&s3, &s3_settings.bucket).await?;
-        Ok(Self::new(plan, pool, s3, s3_settings.bucket.clone(), None))
+        let (pool, s3) = lethe_common::daemon::open_ledger_and_bucket(settings).await?;
+        Ok(Self::new(plan, pool, s3, bucket, None))
     }
 
     /// The ledger.
@@ -180,7 +178,7 @@ impl Retention {
         mark: impl Future<Output = sqlx::Result<bool>>,
     ) -> bool {
         if let Err(error) = s3util::delete_keys(&self.s3, &self.bucket, keys).await {
-            section.errors.push(format!("{what}: {error}"));
+            section.error(what, &error);
             return false;
         }
         match mark.await {

@@ -37,6 +37,13 @@ pub struct Section<T> {
     pub errors: Vec<String>,
 }
 
+impl<T> Section<T> {
+    /// Records what could not be done (`what`, then why); the next run tries again.
+    pub(crate) fn error(&mut self, what: &str, error: impl std::fmt::Display) {
+        self.errors.push(format!("{what}: {error}"));
+    }
+}
+
 impl<T> Default for Section<T> {
     fn default() -> Self {
         Self {

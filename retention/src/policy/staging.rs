@@ -37,9 +37,7 @@ impl Retention {
             match catalog::request_states(&self.pool, &ids).await {
                 Ok(states) => states.into_iter().map(|s| (s.id, s)).collect(),
                 Err(error) => {
-                    section
-                        .errors
-                        .push(format!("cannot read the requests: {error}"));
+                    section.error("cannot read the requests", error);
                     return section;
                 }
             };

@@ -26,8 +26,7 @@ impl Retention {
             Err(error) => {
                 report
                     .section
-                    .errors
-                    .push(format!("cannot read the backup catalog: {error}"));
+                    .error("cannot read the backup catalog", error);
                 return report;
             }
         };
@@ -73,10 +72,7 @@ impl Retention {
                 .map(|s| s.id)
                 .collect(),
             Err(error) => {
-                report
-                    .section
-                    .errors
-                    .push(format!("cannot read the requests: {error}"));
+                report.section.error("cannot read the requests", error);
                 return report;
             }
         };
@@ -106,8 +102,7 @@ impl Retention {
                 if let Err(error) = recorded {
                     report
                         .section
-                        .errors
-                        .push(format!("cannot record an aborted upload: {error}"));
+                        .error("cannot record an aborted upload", error);
                 }
             }
             report.section.deleted += 1;
