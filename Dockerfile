@@ -19,12 +19,16 @@ COPY . .
 ENV CARGO_TERM_COLOR=never \
     SQLX_OFFLINE=true
 # The cargo caches survive between builds; the binaries are copied out of the cached target dir.
+# Only the daemons and the seeder: the test harness's benchmark binary stays out of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
+        -p lethe-api -p lethe-eraser -p lethe-exporter -p lethe-backup -p lethe-retention -p lethe-sample \
     && mkdir -p /out \
-    && find target/release -maxdepth 1 -type f -executable -name 'lethe-*' -exec cp {} /out/ \; \
+    && for bin in lethe-api lethe-eraser lethe-exporter lethe-backup lethe-retention lethe-seed; do \
+           cp "target/release/$bin" /out/; \
+       done \
     && ls -l /out
 
 FROM debian:bookworm-slim

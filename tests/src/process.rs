@@ -61,8 +61,15 @@ impl DaemonProcess {
             .arg(config)
             .env(listen_key, &address)
             .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(file);
+        // The configuration file and `env` decide, not whatever the test runner inherited.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("LETHE__") && key != listen_key {
+                command.env_remove(key);
+            }
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -117,6 +124,30 @@ impl DaemonProcess {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
         Ok(self.child.wait()?.success())
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit, then kills it; returns whether it
+    /// exited successfully by itself.
+    pub fn stop_within(mut self, limit: Duration) -> Result<bool> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if std::time::Instant::now() > deadline {
+                self.child.kill()?;
+                self.child.wait()?;
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
