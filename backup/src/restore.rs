@@ -1,9 +1,14 @@
 //! `verify`, `restore` and `replay`: reading a backup back, checking it, restoring it into a
 //! target with the field's tool, and replaying every erasure recorded after it was taken.
 //!
-//! A restore reads the object twice: first to check its SHA-256 against the manifest (a
-//! damaged or tampered backup is refused before anything is written to the target), then to
-//! decrypt, decompress and restore it, pinned to the same object by its ETag and checked again.
+//! A damaged or tampered backup never lands in a target. Into MariaDB, Redis and S3, which are
+//! written as the data arrives, a restore reads the object twice: first to check its SHA-256
+//! against the manifest, before anything is written, then to decrypt, decompress and restore
+//! it, pinned to the same object by its ETag and checked again. A PostgreSQL restore reads it
+//! once: `pg_restore --single-transaction` commits only after the whole dump, and the dump's
+//! last bytes are released only after the object's SHA-256 matched the manifest (an error
+//! reaches `pg_restore` instead of the end, and kills it) and OpenPGP's integrity check passed
+//! (the decryptor holds its last plaintext back until then), so a damaged object is rolled back.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -315,7 +320,7 @@ pub async fn verify(
     let plaintext_bytes = match decrypt {
         None => None,
         Some(decrypt) => {
-            let ((), bytes) = decode(ledger, &row, &manifest, &seen, decrypt, |reader| {
+            let ((), bytes) = decode(ledger, &row, &manifest, Some(&seen), decrypt, |reader| {
                 std::io::copy(reader, &mut std::io::sink())?;
                 Ok(())
             })
@@ -332,13 +337,14 @@ pub async fn verify(
     })
 }
 
-/// Reads the object a second time (pinned to the ETag of the checked read), decrypts and
+/// Reads the object (pinned to the ETag of `checked`, the checking read, if there was one),
+/// fails before its end unless its size and SHA-256 are the manifest's, decrypts and
 /// decompresses it into `sink` on a blocking thread, and checks the sizes and hash again.
 async fn decode<T, F>(
     ledger: &Ledger,
     row: &BackupRow,
     manifest: &Manifest,
-    checked: &Downloaded,
+    checked: Option<&Downloaded>,
     decrypt: &Decrypt,
     sink: F,
 ) -> anyhow::Result<(T, u64)>
@@ -347,12 +353,16 @@ where
     F: FnOnce(&mut dyn Read) -> anyhow::Result<T> + Send + 'static,
 {
     let (tx, rx) = pipeline::channel();
-    let download = upload::download(
+    let download = upload::download_expecting(
         &ledger.s3,
         &ledger.bucket,
         &row.object_key,
-        checked.etag.as_deref(),
+        checked.and_then(|c| c.etag.as_deref()),
         Some(tx),
+        Some((
+            manifest.ciphertext_bytes,
+            manifest.ciphertext_sha256.as_str(),
+        )),
     );
     let (downloaded, gpg, decoded) = match decrypt {
         Decrypt::SecretKey { path, passphrase } => {
@@ -595,10 +605,21 @@ pub async fn restore(
             kind.as_str()
         );
     }
-    // Before anything is written to the target.
-    let checked = check_object(ledger, &row, &manifest)
-        .await
-        .with_context(|| format!("refusing to restore backup {id}"))?;
+    // A PostgreSQL restore runs in one transaction that pg_restore commits only after reading
+    // the whole dump, and the dump's last bytes reach it only once the object's SHA-256 matched
+    // the manifest and the OpenPGP integrity check passed: a damaged object rolls it back, so it
+    // needs no checking pass of its own (a failure is diagnosed afterwards). Every other target
+    // is written as the data arrives, so its object is checked in full before anything is.
+    let transactional = matches!((kind, target), (Kind::Postgres, Target::Env(_)));
+    let checked = if transactional {
+        None
+    } else {
+        Some(
+            check_object(ledger, &row, &manifest)
+                .await
+                .with_context(|| format!("refusing to restore backup {id}"))?,
+        )
+    };
     let tools = ledger.tools().clone();
     let clock = Instant::now();
     let mut objects = None;
@@ -612,16 +633,23 @@ pub async fn restore(
                 "--no-privileges",
                 "--no-password",
             ]);
-            restore_through(
+            let restored = restore_through(
                 ledger,
                 &row,
                 &manifest,
-                &checked,
+                None,
                 decrypt,
                 "pg_restore",
                 command,
             )
-            .await?;
+            .await;
+            if let Err(error) = restored {
+                // Rolled back; say whether the object itself is damaged.
+                if let Err(damaged) = check_object(ledger, &row, &manifest).await {
+                    return Err(damaged.context(format!("refusing to restore backup {id}")));
+                }
+                return Err(error);
+            }
             Some(target_store(&ledger.settings, &map, &store, target)?)
         }
         (Kind::Mysql, Target::Env(_)) => {
@@ -629,7 +657,13 @@ pub async fn restore(
             let mut command = invocation.command(&tools.mariadb);
             command.arg("--binary-mode").arg(database);
             restore_through(
-                ledger, &row, &manifest, &checked, decrypt, "mariadb", command,
+                ledger,
+                &row,
+                &manifest,
+                checked.as_ref(),
+                decrypt,
+                "mariadb",
+                command,
             )
             .await?;
             Some(target_store(&ledger.settings, &map, &store, target)?)
@@ -643,13 +677,20 @@ pub async fn restore(
                 );
             }
             let path = file.clone();
-            decode(ledger, &row, &manifest, &checked, decrypt, move |reader| {
-                let mut out = std::fs::File::create_new(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                std::io::copy(reader, &mut out)?;
-                out.sync_all()?;
-                Ok(())
-            })
+            decode(
+                ledger,
+                &row,
+                &manifest,
+                checked.as_ref(),
+                decrypt,
+                move |reader| {
+                    let mut out = std::fs::File::create_new(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    std::io::copy(reader, &mut out)?;
+                    out.sync_all()?;
+                    Ok(())
+                },
+            )
             .await?;
             None
         }
@@ -669,7 +710,7 @@ pub async fn restore(
                 ledger,
                 &row,
                 &manifest,
-                &checked,
+                checked.as_ref(),
                 decrypt,
                 untar_into(client.clone(), spec.bucket.clone(), prefix),
             )
@@ -734,7 +775,7 @@ async fn restore_through(
     ledger: &Ledger,
     row: &BackupRow,
     manifest: &Manifest,
-    checked: &Downloaded,
+    checked: Option<&Downloaded>,
     decrypt: &Decrypt,
     name: &str,
     command: Command,

@@ -264,7 +264,36 @@ pub async fn download(
     if_match: Option<&str>,
     tx: Option<mpsc::Sender<Chunk>>,
 ) -> anyhow::Result<Downloaded> {
-    let result = download_inner(client, bucket, key, if_match, tx.as_ref()).await;
+    download_expecting(client, bucket, key, if_match, tx, None).await
+}
+
+/// What a download must turn out to be: bytes and hex SHA-256.
+pub type Expected<'a> = (u64, &'a str);
+
+/// [`download`], and with `expected`, a mismatch fails the download before the end of the data
+/// reaches `tx`: the next stage sees an error instead of the end, so nothing downstream can
+/// finish (commit) on bytes that are not the recorded object.
+pub async fn download_expecting(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    if_match: Option<&str>,
+    tx: Option<mpsc::Sender<Chunk>>,
+    expected: Option<Expected<'_>>,
+) -> anyhow::Result<Downloaded> {
+    let result = download_inner(client, bucket, key, if_match, tx.as_ref())
+        .await
+        .and_then(|seen| match expected {
+            Some((bytes, sha256)) if seen.bytes != bytes || seen.sha256 != sha256 => {
+                Err(anyhow::anyhow!(
+                    "{key} has {} bytes with SHA-256 {}, not the {bytes} bytes with SHA-256 \
+                     {sha256} recorded",
+                    seen.bytes,
+                    seen.sha256
+                ))
+            }
+            _ => Ok(seen),
+        });
     if let (Err(error), Some(tx)) = (&result, &tx) {
         let _ = tx
             .send(Err(std::io::Error::other(format!("{error:#}"))))
