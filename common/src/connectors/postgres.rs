@@ -11,7 +11,7 @@ use sqlx::{PgPool, Postgres, Row as _, Transaction};
 
 use super::sql::{
     Backend, Bind, ColumnInfo, Dialect, Family, Fault, LiveSchema, Session, Statement, TableName,
-    describe_non_database,
+    describe_non_database, impl_session,
 };
 
 /// How long a statement waits for a row lock before the task is retried later (an application
@@ -52,58 +52,7 @@ fn bind_all<'q>(
     query
 }
 
-impl Session for PgSession {
-    const DIALECT: Dialect = Dialect::Postgres;
-
-    async fn execute(&mut self, statement: &Statement) -> Result<u64, sqlx::Error> {
-        let done = bind_all(sqlx::query(&statement.sql), &statement.binds)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn count(&mut self, statement: &Statement) -> Result<u64, sqlx::Error> {
-        let row = bind_all(sqlx::query(&statement.sql), &statement.binds)
-            .fetch_one(&mut *self.0)
-            .await?;
-        let n: i64 = row.try_get(0)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn rows(&mut self, statement: &Statement) -> Result<u64, sqlx::Error> {
-        let rows = bind_all(sqlx::query(&statement.sql), &statement.binds)
-            .fetch_all(&mut *self.0)
-            .await?;
-        Ok(rows.len() as u64)
-    }
-
-    async fn texts(
-        &mut self,
-        statement: &Statement,
-        columns: usize,
-    ) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
-        let rows = bind_all(sqlx::query(&statement.sql), &statement.binds)
-            .fetch_all(&mut *self.0)
-            .await?;
-        rows.iter()
-            .map(|row| (0..columns).map(|i| row.try_get(i)).collect())
-            .collect()
-    }
-
-    fn json_rows<'s>(
-        &'s mut self,
-        statement: &'s Statement,
-    ) -> BoxStream<'s, Result<String, sqlx::Error>> {
-        bind_all(sqlx::query(&statement.sql), &statement.binds)
-            .fetch(&mut *self.0)
-            .map(|row| row.and_then(|row| row.try_get::<String, _>(0)))
-            .boxed()
-    }
-
-    async fn commit(self) -> Result<(), sqlx::Error> {
-        self.0.commit().await
-    }
-}
+impl_session!(PgSession, Dialect::Postgres);
 
 fn family(base_type: &str) -> Family {
     match base_type {

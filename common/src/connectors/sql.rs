@@ -733,6 +733,68 @@ pub(crate) trait Session: Send {
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
+/// Implements [`Session`] for `$session`, a newtype over an open sqlx transaction, in a
+/// backend module that defines `bind_all` (binding a statement's values the way its driver
+/// wants them) and imports `StreamExt`, `BoxStream` and `Row`: the two drivers' calls are the
+/// same, only their types differ.
+macro_rules! impl_session {
+    ($session:ty, $dialect:expr) => {
+        impl Session for $session {
+            const DIALECT: Dialect = $dialect;
+
+            async fn execute(&mut self, statement: &Statement) -> Result<u64, sqlx::Error> {
+                let done = bind_all(sqlx::query(&statement.sql), &statement.binds)
+                    .execute(&mut *self.0)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn count(&mut self, statement: &Statement) -> Result<u64, sqlx::Error> {
+                let row = bind_all(sqlx::query(&statement.sql), &statement.binds)
+                    .fetch_one(&mut *self.0)
+                    .await?;
+                let n: i64 = row.try_get(0)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn rows(&mut self, statement: &Statement) -> Result<u64, sqlx::Error> {
+                let rows = bind_all(sqlx::query(&statement.sql), &statement.binds)
+                    .fetch_all(&mut *self.0)
+                    .await?;
+                Ok(rows.len() as u64)
+            }
+
+            async fn texts(
+                &mut self,
+                statement: &Statement,
+                columns: usize,
+            ) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+                let rows = bind_all(sqlx::query(&statement.sql), &statement.binds)
+                    .fetch_all(&mut *self.0)
+                    .await?;
+                rows.iter()
+                    .map(|row| (0..columns).map(|i| row.try_get(i)).collect())
+                    .collect()
+            }
+
+            fn json_rows<'s>(
+                &'s mut self,
+                statement: &'s Statement,
+            ) -> BoxStream<'s, Result<String, sqlx::Error>> {
+                bind_all(sqlx::query(&statement.sql), &statement.binds)
+                    .fetch(&mut *self.0)
+                    .map(|row| row.and_then(|row| row.try_get::<String, _>(0)))
+                    .boxed()
+            }
+
+            async fn commit(self) -> Result<(), sqlx::Error> {
+                self.0.commit().await
+            }
+        }
+    };
+}
+pub(crate) use impl_session;
+
 /// What an error means for the task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
