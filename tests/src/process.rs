@@ -159,13 +159,19 @@ impl DaemonProcess {
 
     /// The peak resident set size the kernel recorded for the process so far, in bytes.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
+        peak_rss_bytes(self.child.id())
     }
+}
+
+/// The peak resident set size (`VmHWM`) the kernel recorded for process `pid` so far, in
+/// bytes; `None` once it has exited (or without `/proc`).
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
 }
 
 impl Drop for DaemonProcess {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use lethe_tests::Services;
 use lethe_tests::backup_support::BackupBed;
+use lethe_tests::process::peak_rss_bytes;
 use sqlx::{Connection as _, PgConnection};
 
 /// The table the benchmark fills (in the sample accounts database, beside the sample tables).
@@ -252,7 +253,7 @@ fn measure(mut command: Command) -> Result<Measured> {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        peak_rss = peak_rss.max(vm_hwm(child.id()).unwrap_or(0));
+        peak_rss = peak_rss.max(peak_rss_bytes(child.id()).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(10));
     };
     let wall = started.elapsed().as_secs_f64();
@@ -266,16 +267,6 @@ fn measure(mut command: Command) -> Result<Measured> {
         peak_rss,
         stdout,
     })
-}
-
-/// The peak resident set of process `pid`, in bytes.
-fn vm_hwm(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
 }
 
 /// Fills [`TABLE`] with about `bytes` of generated support notes, over two connections.
