@@ -17,8 +17,8 @@ use std::sync::Arc;
 use lethe_common::Settings;
 use lethe_common::daemon::{LedgerWorker, poll_interval};
 use lethe_common::nats::Durable;
-use lethe_common::stores::{self, ServedStore};
 use lethe_common::worker::RunMode;
+use lethe_stores::{self as stores, ServedStore};
 use tokio_util::sync::CancellationToken;
 
 pub use keys::{KeyError, Recipients};

@@ -5,16 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use lethe_backup::{Backups, Decrypt, Ledger, Outcome, RedisScratch, Target};
+use lethe_common::Settings;
 use lethe_common::cli::{WorkerArgs, report};
 use lethe_common::shutdown;
 use secrecy::SecretString;
 use uuid::Uuid;
 
-/// The variable a target URL given on the command line is moved to (the store connectors read
-/// URLs from the environment only).
-const TARGET_URL_ENV: &str = "LETHE_BACKUP_TARGET_URL";
-/// The variable naming the socket of the Redis server a Redis restore runs to replay erasures.
-const SCRATCH_REDIS_ENV: &str = "LETHE_BACKUP_SCRATCH_REDIS_URL";
+/// The credential name under which a target URL given on the command line reaches the store
+/// connector (`--target env:NAME` reads the variable `NAME` instead).
+const TARGET_URL: &str = "LETHE_BACKUP_TARGET_URL";
 
 /// Lethe backup: encrypted backups of every store to S3. Without a command, runs the daemon
 /// (schedule and `<prefix>.backup.run[.<store>]` commands).
@@ -121,11 +120,7 @@ impl KeyArgs {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
-    let scratch = match prepare_environment(&mut cli) {
-        Ok(scratch) => scratch,
-        Err(error) => return report(Err(error)),
-    };
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,42 +128,31 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return report(Err(error.into())),
     };
-    let result = runtime.block_on(run(cli, scratch.as_ref()));
-    drop(scratch);
-    report(result)
+    report(runtime.block_on(run(cli)))
 }
 
-/// The store connectors take URLs from environment variables only. A restore or replay target
-/// given as a URL, and the socket of the Redis server a Redis restore starts, are put in
-/// variables here, before the runtime starts any thread (setting the environment is sound
-/// only while the process has a single thread).
-#[allow(unsafe_code)]
-fn prepare_environment(cli: &mut Cli) -> anyhow::Result<Option<tempfile::TempDir>> {
-    let (target, restore) = match &mut cli.command {
-        Some(Command::Restore { target, .. }) => (target, true),
-        Some(Command::Replay { target, .. }) => (target, false),
-        _ => return Ok(None),
-    };
-    if target.contains("://") && !target.starts_with("s3://") {
-        // SAFETY: no other thread exists yet (the runtime is built afterwards).
-        unsafe { std::env::set_var(TARGET_URL_ENV, target.as_str()) };
-        *target = format!("env:{TARGET_URL_ENV}");
+/// A restore or replay target: a URL given on the command line is handed to the connector as
+/// a credential of its own and the target names it; anything else is parsed as it stands.
+fn parse_target(text: &str, settings: Settings) -> anyhow::Result<(Target, Settings)> {
+    if text.contains("://") && !text.starts_with("s3://") {
+        return Ok((
+            Target::Env(TARGET_URL.to_owned()),
+            settings.with_credential(TARGET_URL, SecretString::from(text.to_owned())),
+        ));
     }
-    if !restore {
-        return Ok(None);
-    }
-    // Short, private, removed on exit: a Unix socket path must stay under ~100 bytes.
-    let dir = tempfile::Builder::new()
+    Ok((Target::parse(text)?, settings))
+}
+
+/// A short, private directory for the socket of the Redis server a Redis restore starts,
+/// removed on exit (a Unix socket path must stay under about 100 bytes).
+fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
         .prefix("lethe-restore-")
         .tempdir_in("/tmp")
-        .map_err(|e| anyhow::anyhow!("cannot create a scratch directory: {e}"))?;
-    let url = format!("unix://{}", dir.path().join("redis.sock").display());
-    // SAFETY: as above, no other thread exists yet.
-    unsafe { std::env::set_var(SCRATCH_REDIS_ENV, url) };
-    Ok(Some(dir))
+        .map_err(|e| anyhow::anyhow!("cannot create a scratch directory: {e}"))
 }
 
-async fn run(cli: Cli, scratch: Option<&tempfile::TempDir>) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.args.config.load()?;
     match cli.command {
         None => {
@@ -249,11 +233,11 @@ async fn run(cli: Cli, scratch: Option<&tempfile::TempDir>) -> anyhow::Result<()
             let decrypt = key.decrypt()?.ok_or_else(|| {
                 anyhow::anyhow!("restore needs the operator's key: --secret-key FILE or --gpg")
             })?;
-            let target = Target::parse(&target)?;
-            let scratch = scratch.map(|dir| RedisScratch {
-                dir: dir.path().to_path_buf(),
-                url_env: SCRATCH_REDIS_ENV.to_owned(),
-            });
+            let (target, settings) = parse_target(&target, settings)?;
+            let scratch_dir = scratch_dir()?;
+            let scratch = RedisScratch {
+                dir: scratch_dir.path().to_path_buf(),
+            };
             let ledger = Ledger::connect(&settings).await?;
             let restored = lethe_backup::restore::restore(
                 &ledger,
@@ -261,7 +245,7 @@ async fn run(cli: Cli, scratch: Option<&tempfile::TempDir>) -> anyhow::Result<()
                 &decrypt,
                 &target,
                 !no_replay,
-                scratch.as_ref(),
+                Some(&scratch),
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&restored)?);
@@ -276,7 +260,7 @@ async fn run(cli: Cli, scratch: Option<&tempfile::TempDir>) -> anyhow::Result<()
             Ok(())
         }
         Some(Command::Replay { backup, target }) => {
-            let target = Target::parse(&target)?;
+            let (target, settings) = parse_target(&target, settings)?;
             let ledger = Ledger::connect(&settings).await?;
             let replayed = lethe_backup::restore::replay(&ledger, backup, &target).await?;
             println!("{}", serde_json::to_string_pretty(&replayed)?);

@@ -21,11 +21,11 @@ use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use lethe_common::Settings;
 use lethe_common::config::BackupTools;
-use lethe_common::connectors::Connector;
 use lethe_common::datamap::{DataMap, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::privacy::IdentityHasher;
-use lethe_common::stores::{self, ServedStore, StoreConnection};
+use lethe_stores::Connector;
+use lethe_stores::{self as stores, ServedStore, StoreConnection};
 use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -161,16 +161,15 @@ impl Target {
     }
 }
 
-/// Where a Redis restore runs its own server on the restored RDB: a directory for its socket,
-/// and the environment variable holding that socket's URL (the store connectors read URLs
-/// from the environment only).
+/// Where a Redis restore runs its own server on the restored RDB: a directory for its socket.
 #[derive(Debug, Clone)]
 pub struct RedisScratch {
     /// The socket's directory: the socket is `redis.sock` in it.
     pub dir: PathBuf,
-    /// The variable whose value is `unix://<dir>/redis.sock`.
-    pub url_env: String,
 }
+
+/// The credential name under which the scratch Redis server's URL reaches the connector.
+const SCRATCH_REDIS: &str = "LETHE_BACKUP_SCRATCH_REDIS_URL";
 
 /// What `verify` found.
 #[derive(Debug, Clone, Serialize)]
@@ -918,11 +917,17 @@ async fn replay_redis(
     }
     let mut connection = connection
         .ok_or_else(|| anyhow::anyhow!("redis-server did not load the restored RDB in time"))?;
+    // The scratch server's socket is handed to the connector directly, not through the
+    // environment.
+    let settings = ledger.settings.clone().with_credential(
+        SCRATCH_REDIS,
+        SecretString::from(format!("unix://{}", socket.display())),
+    );
     let served = target_store(
-        &ledger.settings,
+        &settings,
         map,
         store,
-        &Target::Env(scratch.url_env.clone()),
+        &Target::Env(SCRATCH_REDIS.to_owned()),
     )?;
     let report = replay_into(ledger, row, &served).await;
     let saved = redis::cmd("SAVE")

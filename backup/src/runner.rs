@@ -15,7 +15,7 @@ use lethe_common::ids::StoreName;
 use lethe_common::messages::Event;
 use lethe_common::nats::Publisher;
 use lethe_common::schedule::Schedule;
-use lethe_common::stores::{self, ServedStore};
+use lethe_stores::{self as stores, ServedStore};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

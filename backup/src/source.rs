@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use lethe_common::config::BackupTools;
 use lethe_common::datamap::Store;
-use lethe_common::stores::{ServedStore, StoreConnection};
+use lethe_stores::{ServedStore, StoreConnection};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -59,6 +59,49 @@ pub struct Settings {
     /// Directory of the configuration file, against which relative paths are resolved.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Secrets the data map names by variable (`url_env`, ...) given in code rather than in
+    /// the environment; never read from the file.
+    #[serde(skip)]
+    pub credentials: Credentials,
+}
+
+/// Where the secrets a data map names by variable (`url_env`, `access_key_id_env`, ...) come
+/// from: values a program gives in code ([`Settings::with_credential`]: a restore target typed
+/// on the command line, a server the program started itself, a test's private store) first,
+/// then the process environment.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    given: std::collections::BTreeMap<String, SecretString>,
+}
+
+impl Credentials {
+    /// The value of `name`, if given or set in the environment (and not empty).
+    pub fn get(&self, name: &str) -> Option<SecretString> {
+        if let Some(value) = self.given.get(name) {
+            return Some(value.clone());
+        }
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(SecretString::from)
+    }
+
+    /// Every value given in code, by name (to hand to a child process's environment).
+    pub fn given(&self) -> impl Iterator<Item = (&str, &SecretString)> {
+        self.given.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Gives `name` the value `value`, whatever the environment holds.
+    pub fn insert(&mut self, name: impl Into<String>, value: SecretString) {
+        self.given.insert(name.into(), value);
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: the values are secrets.
+        f.debug_set().entries(self.given.keys()).finish()
+    }
 }
 
 /// Keyed hashing of identifiers, so logs and minimised ledger rows can refer to a subject
@@ -687,6 +730,13 @@ impl Settings {
         }
         self.retention.validate()?;
         Ok(())
+    }
+
+    /// The same settings with the credential `name` given as `value` (see [`Credentials`]).
+    #[must_use]
+    pub fn with_credential(mut self, name: impl Into<String>, value: SecretString) -> Self {
+        self.credentials.insert(name, value);
+        self
     }
 
     /// The ledger section, or an error naming it.

@@ -2,7 +2,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod connectors;
 pub mod daemon;
 pub mod datamap;
 pub mod ids;
@@ -14,7 +13,6 @@ pub mod privacy;
 pub mod s3;
 pub mod schedule;
 pub mod shutdown;
-pub mod stores;
 pub mod telemetry;
 pub mod worker;
 

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use lethe_common::connectors::{Connector, Flag};
 use lethe_common::datamap::DataMap;
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskKind, TaskMessage, TaskReport};
 use lethe_common::privacy::IdentityHasher;
-use lethe_common::stores::ServedStore;
 use lethe_common::worker::{Handler, TaskError};
+use lethe_stores::ServedStore;
+use lethe_stores::{Connector, Flag};
 
 /// Carries out resolve, erase, rectify, restriction and objection tasks in the stores it
 /// serves.

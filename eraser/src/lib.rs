@@ -11,8 +11,8 @@ use lethe_common::datamap::DataMap;
 use lethe_common::nats::Durable;
 use lethe_common::ops::Readiness;
 use lethe_common::privacy::IdentityHasher;
-use lethe_common::stores;
 use lethe_common::worker::{RunMode, WorkerLoop};
+use lethe_stores as stores;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::Eraser;

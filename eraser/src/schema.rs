@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use lethe_common::connectors::{Connector, SchemaCheck};
 use lethe_common::worker::TaskError;
+use lethe_stores::{Connector, SchemaCheck};
 
 /// How long one store's check may take before it is left to the first task.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(15);

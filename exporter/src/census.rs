@@ -5,9 +5,9 @@
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use lethe_common::connectors::census;
 use lethe_common::nats::Names;
-use lethe_common::stores::ServedStore;
+use lethe_stores::ServedStore;
+use lethe_stores::census;
 use tokio::task::JoinSet;
 
 /// The running responders; they stop when this is dropped (with the daemon).

@@ -5,10 +5,10 @@
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::Utc;
-use lethe_common::connectors::{CollectSink, SourceObject};
 use lethe_common::ids::{RequestId, StoreName};
 use lethe_common::s3::{CopySource, ObjectWriter, TransferError, WriterOptions};
 use lethe_common::worker::TaskError;
+use lethe_stores::{CollectSink, SourceObject};
 
 use crate::staging::{self, Fragment, Names, StagedCollection, StagedFile};
 

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::Client;
-use lethe_common::connectors::Connector;
 use lethe_common::datamap::{DataMap, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskKind, TaskMessage, TaskReport};
 use lethe_common::privacy::IdentityHasher;
-use lethe_common::stores::ServedStore;
 use lethe_common::worker::{Handler, TaskError};
+use lethe_stores::Connector;
+use lethe_stores::ServedStore;
 
 use crate::assemble::Assembler;
 use crate::collect::StagingSink;

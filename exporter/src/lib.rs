@@ -16,8 +16,9 @@ use lethe_common::datamap::DataMap;
 use lethe_common::nats::Durable;
 use lethe_common::ops::Readiness;
 use lethe_common::privacy::IdentityHasher;
+use lethe_common::s3;
 use lethe_common::worker::{RunMode, WorkerLoop};
-use lethe_common::{s3, stores};
+use lethe_stores as stores;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 

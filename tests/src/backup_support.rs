@@ -305,7 +305,9 @@ progress_interval = "2s"
     /// The settings of the configuration file.
     pub fn settings(&self) -> Result<Settings> {
         let text = std::fs::read_to_string(&self.config)?;
-        Ok(Settings::from_toml(&text)?)
+        let mut settings = Settings::from_toml(&text)?;
+        settings.credentials = self.bed.credentials().clone();
+        Ok(settings)
     }
 
     /// Runs `lethe-backup --config <bed config> <args>` as an operator would, with the
@@ -330,6 +332,7 @@ progress_interval = "2s"
                 command.env_remove(key);
             }
         }
+        command.envs(self.bed.credential_env());
         for (key, value) in env {
             command.env(key, value);
         }

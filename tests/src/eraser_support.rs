@@ -14,12 +14,14 @@ use anyhow::{Context as _, Result, bail};
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt as _;
 use lethe_common::Settings;
+use lethe_common::config::Credentials;
 use lethe_common::ids::{RequestId, StoreName};
 use lethe_common::messages::{Identities, TaskKind, TaskMessage, TaskResult};
 use lethe_common::nats::{self, ConsumerSpec, Durable, Names, Publisher, Traceparent};
 use lethe_common::worker::RunMode;
 use lethe_eraser::{App, Eraser};
 use lethe_sample::{ConnectOptions, SampleStores, SeedOptions, Subject};
+use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +49,7 @@ pub struct EraserBed {
     nats_url: String,
     publisher: Publisher,
     results: PullConsumer,
-    variables: Vec<String>,
+    credentials: Credentials,
 }
 
 impl EraserBed {
@@ -101,7 +103,7 @@ impl EraserBed {
             nats_url: services.nats_url.clone(),
             publisher,
             results,
-            variables: Vec::new(),
+            credentials: Credentials::default(),
         };
         let accounts = bed.options.accounts_url.clone();
         let chat = bed.options.chat_url.clone();
@@ -132,19 +134,28 @@ impl EraserBed {
         format!("{}{suffix}", self.env_prefix)
     }
 
-    /// Sets the variable `<NS>_<suffix>` (a store's credentials, as its `url_env` names them)
-    /// and returns its name.
-    #[allow(unsafe_code)]
+    /// Gives the credential `<NS>_<suffix>` (a store's URL, as its `url_env` names it) to every
+    /// daemon this bed builds or starts, and returns its name. The environment of this process
+    /// is left alone: in-process daemons get it through their settings, child processes
+    /// through [`EraserBed::credential_env`].
     pub fn set_variable(&mut self, suffix: &str, value: &str) -> String {
         let name = self.variable(suffix);
-        // SAFETY: the name is private to this test's namespace, so no other test reads or
-        // writes it; the standard library serialises its own environment accesses, and no
-        // foreign code of this process reads these variables.
-        unsafe { std::env::set_var(&name, value) };
-        if !self.variables.contains(&name) {
-            self.variables.push(name.clone());
-        }
+        self.credentials
+            .insert(name.clone(), SecretString::from(value.to_owned()));
         name
+    }
+
+    /// The credentials of this bed, to put into a daemon's [`Settings`].
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The credentials of this bed as environment variables for a child process.
+    pub fn credential_env(&self) -> Vec<(String, String)> {
+        self.credentials
+            .given()
+            .map(|(name, value)| (name.to_owned(), value.expose_secret().to_owned()))
+            .collect()
     }
 
     /// The sample data map (`config/datamap.toml`) pointed at this bed's stores, with its
@@ -208,7 +219,9 @@ concurrency = {concurrency}
             key = s3.access_key_id,
             secret = s3.secret_access_key,
         );
-        Ok(Settings::from_toml(&text)?)
+        let mut settings = Settings::from_toml(&text)?;
+        settings.credentials = self.credentials.clone();
+        Ok(settings)
     }
 
     /// Publishes a task.
@@ -284,13 +297,8 @@ concurrency = {concurrency}
     }
 
     /// Removes everything: the NATS streams, the data map file, the databases, keys and
-    /// bucket, the variables.
-    #[allow(unsafe_code)]
+    /// bucket.
     pub async fn cleanup(self) -> Result<()> {
-        for name in &self.variables {
-            // SAFETY: as in `set_variable`: the names are private to this bed.
-            unsafe { std::env::remove_var(name) };
-        }
         self.ns.cleanup().await
     }
 }

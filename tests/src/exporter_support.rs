@@ -51,8 +51,8 @@ impl ExporterBed {
         Ok(settings)
     }
 
-    /// The configuration file text of these settings, for the exporter binary (the stores'
-    /// credentials are in this process's environment, which the binary inherits).
+    /// The configuration file text of these settings, for the exporter binary (give it the
+    /// stores' credentials with [`crate::EraserBed::credential_env`]).
     pub fn settings_toml(&self, services: &Services) -> Result<String> {
         let settings = self.settings()?;
         let Some(map) = settings.data_map.as_ref() else {

@@ -1,7 +1,7 @@
 //! Old rows of the stores' log tables, pruned batch by batch.
 
 use chrono::{DateTime, Utc};
-use lethe_common::connectors::LogTableRef;
+use lethe_stores::LogTableRef;
 
 use super::Retention;
 use super::plan::LogStore;

@@ -3,12 +3,12 @@
 
 use lethe_common::Settings;
 use lethe_common::config::RetentionSettings;
-use lethe_common::connectors::{Connector, LogTableRef};
 use lethe_common::datamap::DataMap;
 use lethe_common::ids::StoreName;
 use lethe_common::privacy::IdentityHasher;
 use lethe_common::schedule::Schedule;
-use lethe_common::stores::{self, ServedStore};
+use lethe_stores::{self as stores, ServedStore};
+use lethe_stores::{Connector, LogTableRef};
 use secrecy::SecretString;
 use uuid::Uuid;
 

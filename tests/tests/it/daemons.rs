@@ -1,6 +1,7 @@
 //! Every daemon starts, provisions what it owns, answers its operations endpoints, and stops
 //! cleanly on SIGTERM.
 
+use secrecy::SecretString;
 use std::time::Duration;
 
 use lethe_common::Settings;
@@ -32,22 +33,14 @@ async fn deployment(services: &Services) -> Deployment {
             ns.redis_prefix(),
         ),
     );
-    unsafe_set_env("LETHE_TEST_REDIS_URL", &services.redis_url);
     let text = support::settings_toml(services, &ns, Some(&ledger), Some(&bucket), Some(&map));
     Deployment {
-        settings: support::settings(&text),
+        settings: support::settings(&text).with_credential(
+            "LETHE_TEST_REDIS_URL",
+            SecretString::from(services.redis_url.clone()),
+        ),
         ns,
         _dir: dir,
-    }
-}
-
-/// Sets a variable the data map's `url_env` names. Every test of this binary sets each such
-/// variable to the same value, and the test runner gives each test its own process.
-#[allow(unsafe_code)]
-fn unsafe_set_env(key: &str, value: &str) {
-    if std::env::var(key).as_deref() != Ok(value) {
-        // SAFETY: the value never changes once set, so no reader sees a torn update.
-        unsafe { std::env::set_var(key, value) };
     }
 }
 
@@ -137,7 +130,10 @@ async fn readiness_reports_a_store_that_is_down_without_stopping_the_daemon() {
         "datamap.toml",
         "identities = [\"user_id\"]\n[stores.sessions]\nkind = \"redis\"\nurl_env = \"LETHE_TEST_DOWN_REDIS_URL\"\nkeys = [\"session:{user_id}\"]\n",
     );
-    unsafe_set_env("LETHE_TEST_DOWN_REDIS_URL", "redis://127.0.0.1:1");
+    settings = settings.with_credential(
+        "LETHE_TEST_DOWN_REDIS_URL",
+        SecretString::from("redis://127.0.0.1:1".to_owned()),
+    );
     settings.data_map = Some(map);
     let shutdown = CancellationToken::new();
 

@@ -736,7 +736,7 @@ async fn an_exporter_killed_while_assembling_leaves_an_export_a_fresh_one_comple
         "lethe-exporter",
         &config,
         "LETHE__EXPORTER__LISTEN",
-        &[],
+        &bed.bed.credential_env(),
         dir.path(),
     )
     .await?;
@@ -791,7 +791,7 @@ async fn an_exporter_killed_while_assembling_leaves_an_export_a_fresh_one_comple
         "lethe-exporter",
         &config,
         "LETHE__EXPORTER__LISTEN",
-        &[],
+        &bed.bed.credential_env(),
         dir.path(),
     )
     .await?;

@@ -9,10 +9,10 @@ use sqlx::mysql::{MySqlArguments, MySqlDatabaseError};
 use sqlx::query::Query;
 use sqlx::{MySql, MySqlPool, Row as _, Transaction};
 
-use super::sql::{
-    Backend, Bind, ColumnInfo, Dialect, Family, Fault, LiveSchema, Session, Statement, TableName,
-    describe_non_database, impl_session,
-};
+use super::dialect::Dialect;
+use super::schema::{ColumnInfo, Family, LiveSchema, TableName};
+use super::session::{Backend, Fault, Session, describe_non_database, impl_session};
+use super::statement::{Bind, Statement};
 
 /// How long a statement waits for a row lock before the task is retried later.
 const LOCK_TIMEOUT: &str = "SET SESSION innodb_lock_wait_timeout = 15";

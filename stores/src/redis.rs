@@ -9,12 +9,14 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{CollectSink, Flag, MAX_VALUES, render_all, still_holds, too_many, usable_values};
-use crate::datamap::RedisStore;
-use crate::ids::StoreName;
-use crate::messages::{Identities, TaskReport};
-use crate::stores::RedisHandle;
-use crate::worker::TaskError;
+use lethe_common::datamap::RedisStore;
+use lethe_common::ids::StoreName;
+use lethe_common::messages::{Identities, TaskReport};
+use lethe_common::worker::TaskError;
+
+use crate::connection::RedisHandle;
+use crate::connector::{CollectSink, Flag};
+use crate::values::{MAX_VALUES, render_all, still_holds, too_many, usable_values};
 
 /// A Redis store.
 pub(crate) struct RedisConnector {

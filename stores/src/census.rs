@@ -19,10 +19,11 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::Dialect;
-use crate::datamap::{Collection, Store};
-use crate::messages::CensusReply;
-use crate::stores::{ServedStore, StoreConnection};
+use lethe_common::datamap::{Collection, Store};
+use lethe_common::messages::CensusReply;
+
+use crate::connection::{ServedStore, StoreConnection};
+use crate::sql::Dialect;
 
 /// The statement that counts one SQL store, and how it counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,9 +167,9 @@ fn uncounted(store: &str, method: impl Into<String>, error: Option<String>) -> C
 fn describe(error: &sqlx::Error) -> String {
     match error.as_database_error().and_then(|e| e.code()) {
         Some(code) => format!("the census statement failed (SQLSTATE {code})"),
-        None => match super::sql::describe_non_database(error) {
-            super::sql::Fault::Transient(what) => format!("the store is unreachable: {what}"),
-            super::sql::Fault::Permanent { detail, .. } => detail,
+        None => match crate::sql::describe_non_database(error) {
+            crate::sql::Fault::Transient(what) => format!("the store is unreachable: {what}"),
+            crate::sql::Fault::Permanent { detail, .. } => detail,
         },
     }
 }
@@ -226,7 +227,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datamap::DataMap;
+    use lethe_common::datamap::DataMap;
 
     fn collections(text: &str) -> Vec<Collection> {
         let map = DataMap::parse(text).unwrap_or_else(|e| panic!("{e}"));

@@ -1,54 +1,17 @@
-//! Store connectors: what resolve, erase, rectify, restrict, object and collect tasks do in one
-//! store, set-based over every identity value of the task (DESIGN §2, §3, §6).
-//!
-//! One [`Connector`] per served store, built from its data-map entry and its (lazy)
-//! connection:
-//!
-//! - **SQL** (PostgreSQL, MariaDB/MySQL): one transaction per task. Erasure masks the rows of
-//!   masked collections first, then deletes in foreign-key order (children first, from the live
-//!   schema), each step one statement over all the subject's values
-//!   (`DELETE ... WHERE col = ANY($1)` / `IN (?, ...)`), values always bound, identifiers from
-//!   the data map quoted. Before any change, the store's own derivations are followed
-//!   (`users.email -> users.id`), so a task that names the subject by email only still finds
-//!   the rows other collections of the same store hold under the user id.
-//! - **Redis**: the data map's key templates rendered for every combination of the task's
-//!   values; erasure `UNLINK`s them in one atomic pipeline (no `SCAN`).
-//! - **S3**: every object under the rendered prefixes, deleted 1,000 per request.
-//!
-//! A collect task finds the subject's records exactly as an erasure would (the same
-//! derivations, the same `WHERE`, the same key and prefix renderings) and streams them into a
-//! [`CollectSink`]: SQL rows one by one as JSON objects built by the database (a cursor, never a
-//! whole table in memory), Redis keys as one JSON record each, S3 objects as references for the
-//! sink to copy.
-//!
-//! After an erasure every store is queried again; a task whose store still holds matches is a
-//! [`TaskError::Transient`] failure (retried), never a report of success: `remaining` of a done
-//! erasure is always zero.
-//!
-//! Nothing here writes an identifier to a log line or an error message: errors name the store,
-//! the collection and what was being done, and carry SQLSTATEs or S3 error codes rather than the
-//! servers' own messages (which can quote values).
+//! The one entry point of every task flow: a [`Connector`] per served store, dispatching to the
+//! store kind's implementation, and the types the flows share with their callers.
 
-pub mod census;
-mod mysql;
-mod postgres;
-mod redis;
-mod s3;
-mod sql;
-
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 
-use crate::datamap::{Store, placeholders, render};
-use crate::ids::StoreName;
-use crate::messages::{Identities, TaskReport};
-use crate::privacy::IdentityHasher;
-use crate::stores::{ServedStore, StoreConnection};
-use crate::worker::TaskError;
+use lethe_common::datamap::Store;
+use lethe_common::ids::StoreName;
+use lethe_common::messages::{Identities, TaskReport};
+use lethe_common::privacy::IdentityHasher;
+use lethe_common::worker::TaskError;
 
-/// Most keys, prefixes or identity values one task may name in one store: a bound on the work
-/// a malformed task can ask for.
-const MAX_VALUES: usize = 10_000;
+use crate::connection::{ServedStore, StoreConnection};
+use crate::{redis, s3, sql};
 
 /// Which processing flag a restriction-family task sets or lifts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,10 +87,10 @@ pub struct Connector {
 }
 
 enum Inner {
-    Postgres(sql::SqlConnector<postgres::PgBackend>),
-    Mysql(sql::SqlConnector<mysql::MySqlBackend>),
-    Redis(Box<self::redis::RedisConnector>),
-    S3(Box<self::s3::S3Connector>),
+    Postgres(sql::SqlConnector<sql::postgres::PgBackend>),
+    Mysql(sql::SqlConnector<sql::mysql::MySqlBackend>),
+    Redis(Box<redis::RedisConnector>),
+    S3(Box<s3::S3Connector>),
 }
 
 impl Connector {
@@ -138,7 +101,7 @@ impl Connector {
             (Store::Postgres(sql), StoreConnection::Postgres(pool)) => {
                 Inner::Postgres(sql::SqlConnector::new(
                     store.clone(),
-                    postgres::PgBackend::new(pool.clone()),
+                    sql::postgres::PgBackend::new(pool.clone()),
                     sql.collections.clone(),
                     hasher,
                 ))
@@ -146,16 +109,16 @@ impl Connector {
             (Store::Mysql(sql), StoreConnection::Mysql(pool)) => {
                 Inner::Mysql(sql::SqlConnector::new(
                     store.clone(),
-                    mysql::MySqlBackend::new(pool.clone()),
+                    sql::mysql::MySqlBackend::new(pool.clone()),
                     sql.collections.clone(),
                     hasher,
                 ))
             }
             (Store::Redis(spec), StoreConnection::Redis(handle)) => Inner::Redis(Box::new(
-                self::redis::RedisConnector::new(store.clone(), handle.clone(), spec.clone()),
+                redis::RedisConnector::new(store.clone(), handle.clone(), spec.clone()),
             )),
             (Store::S3(spec), StoreConnection::S3(client)) => Inner::S3(Box::new(
-                self::s3::S3Connector::new(store.clone(), client.clone(), spec.clone()),
+                s3::S3Connector::new(store.clone(), client.clone(), spec.clone()),
             )),
             _ => return Err(KindMismatch(store)),
         };
@@ -323,117 +286,5 @@ impl Connector {
             Inner::Mysql(c) => c.oldest_log_row(table).await,
             Inner::Redis(_) | Inner::S3(_) => Ok(None),
         }
-    }
-}
-
-/// The values of one identity worth looking for: non-blank, each once, in order. A blank value
-/// would match every row whose column is empty.
-pub(crate) fn usable_values(values: &[String]) -> Vec<&str> {
-    let mut seen = BTreeSet::new();
-    values
-        .iter()
-        .map(String::as_str)
-        .filter(|v| !v.trim().is_empty())
-        .filter(|v| seen.insert(*v))
-        .collect()
-}
-
-/// Every rendering of `template` with the task's values: one per combination of the values of
-/// its placeholders. Empty if a placeholder has no usable value.
-pub(crate) fn render_all(template: &str, identities: &Identities) -> Vec<String> {
-    let Ok(mut names) = placeholders(template) else {
-        return Vec::new();
-    };
-    names.sort();
-    names.dedup();
-    let mut lists: Vec<(&str, Vec<&str>)> = Vec::with_capacity(names.len());
-    for name in &names {
-        let values = identities
-            .get(name)
-            .map(|v| usable_values(v))
-            .unwrap_or_default();
-        if values.is_empty() {
-            return Vec::new();
-        }
-        lists.push((name.as_str(), values));
-    }
-    let mut combinations: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new()];
-    for (name, values) in &lists {
-        let mut next = Vec::with_capacity(combinations.len() * values.len());
-        for combination in &combinations {
-            for value in values {
-                let mut extended = combination.clone();
-                extended.insert(name, value);
-                next.push(extended);
-            }
-        }
-        combinations = next;
-        if combinations.len() > MAX_VALUES {
-            // Refused by the caller, which sees more renderings than it accepts.
-            break;
-        }
-    }
-    let mut rendered: Vec<String> = combinations
-        .iter()
-        .filter_map(|values| render(template, values))
-        .collect();
-    rendered.sort();
-    rendered.dedup();
-    rendered
-}
-
-/// The error of a task that names more values than [`MAX_VALUES`].
-pub(crate) fn too_many(store: &StoreName, what: &str) -> TaskError {
-    TaskError::Permanent {
-        code: "too_many_identities",
-        reason: format!(
-            "store `{store}`: the task names more than {MAX_VALUES} {what}; split the request"
-        ),
-    }
-}
-
-/// The error of an erasure after which the store still holds matches.
-pub(crate) fn still_holds(store: &StoreName, remaining: u64, collections: &[String]) -> TaskError {
-    TaskError::Transient(anyhow::anyhow!(
-        "store `{store}` still holds {remaining} matching record(s) after the erasure (in {}); \
-         the task will run again",
-        collections.join(", ")
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(pairs: &[(&str, &[&str])]) -> Identities {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
-            .collect()
-    }
-
-    #[test]
-    fn templates_render_for_every_combination_of_values() {
-        let identities = ids(&[("user_id", &["1", "2", "1"]), ("email", &["a@x", " "])]);
-        assert_eq!(
-            render_all("s:{user_id}", &identities),
-            vec!["s:1".to_owned(), "s:2".to_owned()]
-        );
-        assert_eq!(
-            render_all("{email}/{user_id}/", &identities),
-            vec!["a@x/1/".to_owned(), "a@x/2/".to_owned()]
-        );
-        assert!(render_all("p:{phone}", &identities).is_empty());
-    }
-
-    #[test]
-    fn blank_values_are_never_used() {
-        let values = vec![
-            String::new(),
-            "  ".to_owned(),
-            "7".to_owned(),
-            "7".to_owned(),
-        ];
-        assert_eq!(usable_values(&values), vec!["7"]);
     }
 }

@@ -1,5 +1,6 @@
 //! Connections to the stores of the data map, built from the credentials each store's
-//! `*_env` variables hold. Connections are lazy: a store that is down at start-up delays only
+//! `*_env` keys name: environment variables by default, or values a program gives in code
+//! (`Settings::with_credential`). Connections are lazy: a store that is down at start-up delays only
 //! its own tasks (and shows on `/readyz`), it does not keep the daemon from starting.
 
 use std::sync::Arc;
@@ -11,14 +12,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{MySqlPool, PgPool};
 use tokio::sync::OnceCell;
 
-use crate::config::{S3Settings, Settings};
-use crate::datamap::{RedisStore, S3Store, SqlStore, Store};
-use crate::ids::StoreName;
+use lethe_common::config::{S3Settings, Settings};
+use lethe_common::datamap::{DataMap, RedisStore, S3Store, SqlStore, Store};
+use lethe_common::ids::StoreName;
+use lethe_common::ops::Readiness;
 
 /// A store whose connection cannot be set up from the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The credentials variable is unset.
+    /// The credentials variable is unset (and no value was given in code).
     #[error(
         "store `{store}`: environment variable {variable} is not set (the data map names it in stores.{store}.{key})"
     )]
@@ -83,11 +85,15 @@ impl RedisHandle {
     }
 }
 
-fn variable(store: &StoreName, name: &str, key: &'static str) -> Result<SecretString, StoreError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(SecretString::from)
+fn require(
+    settings: &Settings,
+    store: &StoreName,
+    name: &str,
+    key: &'static str,
+) -> Result<SecretString, StoreError> {
+    settings
+        .credentials
+        .get(name)
         .ok_or_else(|| StoreError::MissingVariable {
             store: store.clone(),
             variable: name.to_owned(),
@@ -95,12 +101,14 @@ fn variable(store: &StoreName, name: &str, key: &'static str) -> Result<SecretSt
         })
 }
 
-/// Builds the connection of store `name` from the data map and the environment.
+/// Builds the connection of store `name` from its data-map entry and the credentials of
+/// `settings`; an S3 store takes what it does not name itself from Lethe's `[s3]` settings.
 pub fn connect(
     name: &StoreName,
     store: &Store,
     settings: &Settings,
 ) -> Result<StoreConnection, StoreError> {
+    let variable = |name: &StoreName, variable: &str, key| require(settings, name, variable, key);
     let bad_url = |variable: &str, message: String| StoreError::BadUrl {
         store: name.clone(),
         variable: variable.to_owned(),
@@ -142,7 +150,7 @@ pub fn connect(
                 manager: Arc::new(OnceCell::new()),
             }))
         }
-        Store::S3(s3) => Ok(StoreConnection::S3(crate::s3::client(&s3_settings(
+        Store::S3(s3) => Ok(StoreConnection::S3(lethe_common::s3::client(&s3_settings(
             name, s3, settings,
         )?))),
     }
@@ -153,6 +161,7 @@ fn s3_settings(
     store: &S3Store,
     settings: &Settings,
 ) -> Result<S3Settings, StoreError> {
+    let variable = |name: &StoreName, variable: &str, key| require(settings, name, variable, key);
     let base = settings.s3.clone();
     let endpoint = match &store.endpoint_env {
         Some(env) => Some(
@@ -239,7 +248,7 @@ pub struct ServedStore {
 /// The stores a worker serves: those named in `wanted`, or every store of the map when
 /// `wanted` is empty. Every problem (unknown name, missing credentials) is reported at once.
 pub fn served(
-    map: &crate::datamap::DataMap,
+    map: &DataMap,
     wanted: &[String],
     settings: &Settings,
 ) -> anyhow::Result<Vec<ServedStore>> {
@@ -283,10 +292,7 @@ pub fn served(
 }
 
 /// Readiness checks, one per served store (`store.<name>`).
-pub fn readiness(
-    stores: &[ServedStore],
-    mut readiness: crate::ops::Readiness,
-) -> crate::ops::Readiness {
+pub fn readiness(stores: &[ServedStore], mut readiness: Readiness) -> Readiness {
     for served in stores {
         let served = served.clone();
         readiness = readiness.check(format!("store.{}", served.name), move || {

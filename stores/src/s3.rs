@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use super::{CollectSink, MAX_VALUES, SourceObject, render_all, still_holds, too_many};
-use crate::datamap::S3Store;
-use crate::ids::StoreName;
-use crate::messages::{Identities, TaskReport};
-use crate::worker::TaskError;
+use lethe_common::datamap::S3Store;
+use lethe_common::ids::StoreName;
+use lethe_common::messages::{Identities, TaskReport};
+use lethe_common::worker::TaskError;
+
+use crate::connector::{CollectSink, SourceObject};
+use crate::values::{MAX_VALUES, render_all, still_holds, too_many};
 
 /// The most keys one `DeleteObjects` request takes.
 const DELETE_BATCH: usize = 1_000;
@@ -38,7 +40,7 @@ impl S3Connector {
             "store `{}`, bucket `{}`: {action} failed",
             self.store, self.spec.bucket
         );
-        let failure = crate::s3::TransferError::from_sdk("S3 request", error);
+        let failure = lethe_common::s3::TransferError::from_sdk("S3 request", error);
         if failure.retryable {
             TaskError::Transient(anyhow::anyhow!("{}", failure.detail).context(place))
         } else {
@@ -81,7 +83,7 @@ impl S3Connector {
     }
 
     async fn list(&self, prefix: &str, action: &str) -> Result<Vec<String>, TaskError> {
-        crate::s3::list_keys_under(&self.client, &self.spec.bucket, prefix)
+        lethe_common::s3::list_keys_under(&self.client, &self.spec.bucket, prefix)
             .await
             .map_err(|e| self.error(action, &e))
     }
@@ -144,7 +146,7 @@ impl S3Connector {
             let mut found = 0u64;
             for prefix in prefixes {
                 let objects =
-                    crate::s3::list_objects_under(&self.client, &self.spec.bucket, prefix)
+                    lethe_common::s3::list_objects_under(&self.client, &self.spec.bucket, prefix)
                         .await
                         .map_err(|e| self.error("listing objects", &e))?;
                 for object in objects {

@@ -9,10 +9,10 @@ use sqlx::postgres::{PgArguments, PgDatabaseError};
 use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
 
-use super::sql::{
-    Backend, Bind, ColumnInfo, Dialect, Family, Fault, LiveSchema, Session, Statement, TableName,
-    describe_non_database, impl_session,
-};
+use super::dialect::Dialect;
+use super::schema::{ColumnInfo, Family, LiveSchema, TableName};
+use super::session::{Backend, Fault, Session, describe_non_database, impl_session};
+use super::statement::{Bind, Statement};
 
 /// How long a statement waits for a row lock before the task is retried later (an application
 /// transaction holding the subject's rows must not hold the eraser forever).

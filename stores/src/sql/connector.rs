@@ -1,0 +1,278 @@
+//! The SQL connector: one transaction per task, the plan checked against the live schema on
+//! first use, each task's flow run inside, errors classified into retries and failures.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lethe_common::datamap::Collection;
+use lethe_common::ids::StoreName;
+use lethe_common::messages::{Identities, TaskReport};
+use lethe_common::privacy::IdentityHasher;
+use lethe_common::worker::TaskError;
+use tokio::sync::OnceCell;
+
+use super::flows::collect::{CollectFailure, collect_in};
+use super::flows::erase::erase_in;
+use super::flows::flags::flag_in;
+use super::flows::rectify::rectify_in;
+use super::flows::resolve::expand;
+use super::flows::verify::verify_in;
+use super::plan::{Plan, build_plan};
+use super::schema::{TableName, split_table};
+use super::session::{Backend, During, Failure, Fault, Session};
+use crate::connector::{CollectSink, Flag, SchemaCheck};
+use crate::values::{MAX_VALUES, still_holds, too_many};
+
+/// A PostgreSQL or MariaDB store.
+pub(crate) struct SqlConnector<B> {
+    pub(super) store: StoreName,
+    backend: B,
+    pub(super) collections: Vec<Collection>,
+    hasher: IdentityHasher,
+    plan: OnceCell<Arc<Plan>>,
+}
+
+impl<B: Backend> SqlConnector<B> {
+    pub(crate) fn new(
+        store: StoreName,
+        backend: B,
+        collections: Vec<Collection>,
+        hasher: IdentityHasher,
+    ) -> Self {
+        Self {
+            store,
+            backend,
+            collections,
+            hasher,
+            plan: OnceCell::new(),
+        }
+    }
+
+    pub(super) fn task_error(&self, failure: Failure) -> TaskError {
+        let place = match &failure.collection {
+            Some(collection) => format!("store `{}`, collection `{collection}`", self.store),
+            None => format!("store `{}`", self.store),
+        };
+        match B::fault(&failure.error) {
+            Fault::Transient(detail) => TaskError::Transient(
+                anyhow::anyhow!("{detail}").context(format!("{place}: {} failed", failure.action)),
+            ),
+            Fault::Permanent { code, detail } => TaskError::Permanent {
+                code,
+                reason: format!("{place}: {} failed: {detail}", failure.action),
+            },
+        }
+    }
+
+    async fn load_plan(&self) -> Result<Result<Plan, Vec<String>>, TaskError> {
+        let tables: Vec<TableName> = self
+            .collections
+            .iter()
+            .map(|c| split_table(&c.table))
+            .collect();
+        let live = self
+            .backend
+            .load_schema(&tables)
+            .await
+            .during("reading the live schema", None)
+            .map_err(|f| self.task_error(f))?;
+        Ok(build_plan(
+            B::Session::DIALECT,
+            &self.store,
+            &self.collections,
+            &live,
+        ))
+    }
+
+    pub(crate) async fn check_schema(&self) -> Result<SchemaCheck, TaskError> {
+        match self.load_plan().await? {
+            Ok(plan) => {
+                // A concurrent first task may have set it meanwhile: the same plan either way.
+                let _ = self.plan.set(Arc::new(plan));
+                Ok(SchemaCheck::Fits)
+            }
+            Err(problems) => Ok(SchemaCheck::Problems(problems)),
+        }
+    }
+
+    /// The plan, checking the live schema on first use.
+    pub(super) async fn plan(&self) -> Result<Arc<Plan>, TaskError> {
+        self.plan
+            .get_or_try_init(|| async {
+                match self.load_plan().await? {
+                    Ok(plan) => Ok(Arc::new(plan)),
+                    Err(problems) => Err(TaskError::Permanent {
+                        code: "datamap_mismatch",
+                        reason: format!(
+                            "store `{}`: the data map does not fit the live schema: {}",
+                            self.store,
+                            problems.join("; ")
+                        ),
+                    }),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    pub(super) async fn begin(&self) -> Result<B::Session, TaskError> {
+        self.backend
+            .begin()
+            .await
+            .during("opening a transaction", None)
+            .map_err(|f| self.task_error(f))
+    }
+
+    pub(crate) async fn resolve(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+        self.check_size(identities)?;
+        let plan = self.plan().await?;
+        let mut session = self.begin().await?;
+        let expanded = expand(&mut session, &plan, identities)
+            .await
+            .map_err(|f| self.task_error(f))?;
+        session
+            .commit()
+            .await
+            .during("ending the transaction", None)
+            .map_err(|f| self.task_error(f))?;
+        Ok(TaskReport {
+            counts: expanded.counts,
+            derived: expanded.derived,
+            ..TaskReport::default()
+        })
+    }
+
+    pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+        self.check_size(identities)?;
+        let plan = self.plan().await?;
+        let mut session = self.begin().await?;
+        let (identities, counts) = erase_in(&mut session, &plan, identities, &self.hasher)
+            .await
+            .map_err(|f| self.task_error(f))?;
+        session
+            .commit()
+            .await
+            .during("committing the erasure", None)
+            .map_err(|f| self.task_error(f))?;
+
+        // Queried again after the commit, in a transaction of its own.
+        let mut session = self.begin().await?;
+        let remaining = verify_in(&mut session, &plan, &identities)
+            .await
+            .map_err(|f| self.task_error(f))?;
+        session
+            .commit()
+            .await
+            .during("ending the verification", None)
+            .map_err(|f| self.task_error(f))?;
+        let total: u64 = remaining.values().sum();
+        if total > 0 {
+            let names: Vec<String> = remaining
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| format!("{c}: {n}"))
+                .collect();
+            return Err(still_holds(&self.store, total, &names));
+        }
+        Ok(TaskReport {
+            counts,
+            remaining: Some(0),
+            ..TaskReport::default()
+        })
+    }
+
+    pub(crate) async fn rectify(
+        &self,
+        identities: &Identities,
+        changes: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<TaskReport, TaskError> {
+        self.check_size(identities)?;
+        let plan = self.plan().await?;
+        let mut session = self.begin().await?;
+        let counts = rectify_in(&mut session, &plan, identities, changes)
+            .await
+            .map_err(|f| self.task_error(f))?;
+        session
+            .commit()
+            .await
+            .during("committing the rectification", None)
+            .map_err(|f| self.task_error(f))?;
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
+    }
+
+    pub(crate) async fn set_flag(
+        &self,
+        identities: &Identities,
+        flag: Flag,
+        value: bool,
+    ) -> Result<TaskReport, TaskError> {
+        self.check_size(identities)?;
+        let plan = self.plan().await?;
+        let mut session = self.begin().await?;
+        let counts = flag_in(&mut session, &plan, identities, flag, value)
+            .await
+            .map_err(|f| self.task_error(f))?;
+        session
+            .commit()
+            .await
+            .during("committing the flag change", None)
+            .map_err(|f| self.task_error(f))?;
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
+    }
+
+    /// Streams the subject's rows of every collection into `sink`, in one read-only
+    /// transaction, after following the store's own derivations.
+    pub(crate) async fn collect<K: CollectSink>(
+        &self,
+        identities: &Identities,
+        sink: &mut K,
+    ) -> Result<TaskReport, TaskError> {
+        self.check_size(identities)?;
+        let plan = self.plan().await?;
+        let mut session = self
+            .backend
+            .begin_read()
+            .await
+            .during("opening a transaction", None)
+            .map_err(|f| self.task_error(f))?;
+        let counts = collect_in(&mut session, &plan, identities, sink)
+            .await
+            .map_err(|failure| match failure {
+                CollectFailure::Store(f) => self.task_error(f),
+                CollectFailure::Sink(error) => error,
+                CollectFailure::NotOneLine(collection) => TaskError::Permanent {
+                    code: "store_error",
+                    reason: format!(
+                        "store `{}`, collection `{collection}`: the database returned a row that is not one line of JSON",
+                        self.store
+                    ),
+                },
+            })?;
+        session
+            .commit()
+            .await
+            .during("ending the transaction", None)
+            .map_err(|f| self.task_error(f))?;
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
+    }
+
+    /// Checks the number of values a task names, before any statement is built.
+    fn check_size(&self, identities: &Identities) -> Result<(), TaskError> {
+        let values: usize = identities.values().map(Vec::len).sum();
+        if values > MAX_VALUES {
+            return Err(too_many(&self.store, "identity values"));
+        }
+        Ok(())
+    }
+}
+
+// Log tables: retention deletes their old rows in short batches.

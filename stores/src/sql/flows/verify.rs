@@ -1,0 +1,39 @@
+//! Verification: the store queried again after an erasure.
+
+use std::collections::BTreeMap;
+
+use lethe_common::messages::Identities;
+
+use crate::sql::plan::{ErasePlan, Plan};
+use crate::sql::queries;
+use crate::sql::session::{During, Failure, Session};
+use crate::sql::statement::Matcher;
+
+/// Matches left per collection: rows of `delete` collections still matching, rows of masked
+/// collections whose masked columns do not hold what the mask writes. Retained collections
+/// legitimately keep their rows and are not counted.
+pub(crate) async fn verify_in<S: Session>(
+    session: &mut S,
+    plan: &Plan,
+    identities: &Identities,
+) -> Result<BTreeMap<String, u64>, Failure> {
+    let mut remaining = BTreeMap::new();
+    for collection in &plan.collections {
+        let unmasked = match &collection.erase {
+            ErasePlan::Retain => continue,
+            ErasePlan::Mask(masks) if masks.is_empty() => continue,
+            ErasePlan::Delete => None,
+            ErasePlan::Mask(masks) => Some(masks.as_slice()),
+        };
+        let Some(matcher) = Matcher::new(collection, identities) else {
+            continue;
+        };
+        let statement = queries::count_remaining(S::DIALECT, collection, &matcher, unmasked);
+        let left = session
+            .count(&statement)
+            .await
+            .during("verifying the erasure", Some(&collection.name))?;
+        remaining.insert(collection.name.clone(), left);
+    }
+    Ok(remaining)
+}

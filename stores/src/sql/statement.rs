@@ -1,0 +1,188 @@
+//! Statements built with bound values: the builder that numbers placeholders, and how a task's
+//! identity values are shaped for the columns they are compared with.
+
+use lethe_common::messages::Identities;
+
+use super::dialect::Dialect;
+use super::plan::CollectionPlan;
+use super::schema::Family;
+use crate::values::usable_values;
+
+/// A value bound to a statement parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Bind {
+    Bool(bool),
+    Int(i64),
+    Text(Option<String>),
+    /// A PostgreSQL `bigint[]`.
+    Ints(Vec<i64>),
+    /// A PostgreSQL `text[]`.
+    Texts(Vec<String>),
+}
+
+/// SQL text and its bound values.
+#[derive(Debug, Clone)]
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) binds: Vec<Bind>,
+}
+
+/// Builds one statement, numbering PostgreSQL's placeholders.
+pub(crate) struct Sql {
+    dialect: Dialect,
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            sql: String::with_capacity(256),
+            binds: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, text: &str) -> &mut Self {
+        self.sql.push_str(text);
+        self
+    }
+
+    /// Binds `value` and returns its placeholder, to be placed by the caller.
+    pub(crate) fn param(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        match self.dialect {
+            Dialect::Postgres => format!("${}", self.binds.len()),
+            Dialect::Mysql => "?".to_owned(),
+        }
+    }
+
+    /// Binds `value` here.
+    pub(crate) fn bind(&mut self, value: Bind) -> &mut Self {
+        let placeholder = self.param(value);
+        self.sql.push_str(&placeholder);
+        self
+    }
+
+    /// `column = ANY($n)` (one array parameter) or `column IN (?, ?, ...)`.
+    pub(crate) fn push_in(&mut self, column: &str, values: &KeyValues) {
+        self.push(column);
+        match (self.dialect, values) {
+            (Dialect::Postgres, KeyValues::Ints(v)) => {
+                self.push(" = ANY(").bind(Bind::Ints(v.clone())).push(")");
+            }
+            (Dialect::Postgres, KeyValues::Texts(v)) => {
+                self.push(" = ANY(").bind(Bind::Texts(v.clone())).push(")");
+            }
+            (Dialect::Postgres, KeyValues::Uuids(v)) => {
+                self.push(" = ANY(CAST(")
+                    .bind(Bind::Texts(v.clone()))
+                    .push(" AS uuid[]))");
+            }
+            (Dialect::Mysql, KeyValues::Ints(v)) => {
+                self.push(" IN (");
+                for (i, value) in v.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.bind(Bind::Int(*value));
+                }
+                self.push(")");
+            }
+            (Dialect::Mysql, KeyValues::Texts(v) | KeyValues::Uuids(v)) => {
+                self.push(" IN (");
+                for (i, value) in v.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.bind(Bind::Text(Some(value.clone())));
+                }
+                self.push(")");
+            }
+        }
+    }
+
+    /// `(c1 IN (...) OR c2 IN (...))`, columns qualified with `alias` if given.
+    pub(crate) fn push_match(&mut self, matcher: &Matcher, alias: Option<&str>) {
+        self.push("(");
+        for (i, (column, values)) in matcher.0.iter().enumerate() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            let column = match alias {
+                Some(alias) => format!("{alias}.{column}"),
+                None => column.clone(),
+            };
+            self.push_in(&column, values);
+        }
+        self.push(")");
+    }
+
+    pub(crate) fn finish(self) -> Statement {
+        Statement {
+            sql: self.sql,
+            binds: self.binds,
+        }
+    }
+}
+
+/// The values of one identity, shaped for the column they are compared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyValues {
+    Ints(Vec<i64>),
+    Texts(Vec<String>),
+    Uuids(Vec<String>),
+}
+
+impl KeyValues {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            KeyValues::Ints(v) => v.len(),
+            KeyValues::Texts(v) | KeyValues::Uuids(v) => v.len(),
+        }
+    }
+
+    /// The values that can equal a value of a column of `family`. An integer column only
+    /// meets values in canonical decimal form ("7", not "007" or "+7"), so a text identity can
+    /// never be converted into somebody else's id.
+    pub(crate) fn for_column(family: Family, values: &[String]) -> Option<Self> {
+        let values = usable_values(values);
+        let shaped = match family {
+            Family::Integer => KeyValues::Ints(
+                values
+                    .iter()
+                    .filter_map(|v| v.parse::<i64>().ok().filter(|n| n.to_string() == *v))
+                    .collect(),
+            ),
+            Family::Uuid => KeyValues::Uuids(
+                values
+                    .iter()
+                    .filter_map(|v| uuid::Uuid::parse_str(v).ok())
+                    .map(|u| u.hyphenated().to_string())
+                    .collect(),
+            ),
+            _ => KeyValues::Texts(values.iter().map(|v| (*v).to_owned()).collect()),
+        };
+        (shaped.len() > 0).then_some(shaped)
+    }
+}
+
+/// How a task's values find a collection's rows: per match column, the values to compare.
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher(pub(crate) Vec<(String, KeyValues)>);
+
+impl Matcher {
+    /// `None` when the task has no usable value for any identity the collection matches on:
+    /// then the collection holds nothing of the subject as far as this task can tell.
+    pub(crate) fn new(collection: &CollectionPlan, identities: &Identities) -> Option<Self> {
+        let parts: Vec<(String, KeyValues)> = collection
+            .matches
+            .iter()
+            .filter_map(|m| {
+                let values = identities.get(&m.identity)?;
+                Some((m.column.clone(), KeyValues::for_column(m.family, values)?))
+            })
+            .collect();
+        (!parts.is_empty()).then_some(Self(parts))
+    }
+}

@@ -1,0 +1,125 @@
+//! A task's identity values as the connectors use them: which are usable, every rendering of a
+//! key or prefix template, and the bound on how many one task may name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lethe_common::datamap::{placeholders, render};
+use lethe_common::ids::StoreName;
+use lethe_common::messages::Identities;
+use lethe_common::worker::TaskError;
+
+/// Most keys, prefixes or identity values one task may name in one store: a bound on the work
+/// a malformed task can ask for.
+pub(crate) const MAX_VALUES: usize = 10_000;
+
+/// The values of one identity worth looking for: non-blank, each once, in order. A blank value
+/// would match every row whose column is empty.
+pub(crate) fn usable_values(values: &[String]) -> Vec<&str> {
+    let mut seen = BTreeSet::new();
+    values
+        .iter()
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+        .filter(|v| seen.insert(*v))
+        .collect()
+}
+
+/// Every rendering of `template` with the task's values: one per combination of the values of
+/// its placeholders. Empty if a placeholder has no usable value.
+pub(crate) fn render_all(template: &str, identities: &Identities) -> Vec<String> {
+    let Ok(mut names) = placeholders(template) else {
+        return Vec::new();
+    };
+    names.sort();
+    names.dedup();
+    let mut lists: Vec<(&str, Vec<&str>)> = Vec::with_capacity(names.len());
+    for name in &names {
+        let values = identities
+            .get(name)
+            .map(|v| usable_values(v))
+            .unwrap_or_default();
+        if values.is_empty() {
+            return Vec::new();
+        }
+        lists.push((name.as_str(), values));
+    }
+    let mut combinations: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new()];
+    for (name, values) in &lists {
+        let mut next = Vec::with_capacity(combinations.len() * values.len());
+        for combination in &combinations {
+            for value in values {
+                let mut extended = combination.clone();
+                extended.insert(name, value);
+                next.push(extended);
+            }
+        }
+        combinations = next;
+        if combinations.len() > MAX_VALUES {
+            // Refused by the caller, which sees more renderings than it accepts.
+            break;
+        }
+    }
+    let mut rendered: Vec<String> = combinations
+        .iter()
+        .filter_map(|values| render(template, values))
+        .collect();
+    rendered.sort();
+    rendered.dedup();
+    rendered
+}
+
+/// The error of a task that names more values than [`MAX_VALUES`].
+pub(crate) fn too_many(store: &StoreName, what: &str) -> TaskError {
+    TaskError::Permanent {
+        code: "too_many_identities",
+        reason: format!(
+            "store `{store}`: the task names more than {MAX_VALUES} {what}; split the request"
+        ),
+    }
+}
+
+/// The error of an erasure after which the store still holds matches.
+pub(crate) fn still_holds(store: &StoreName, remaining: u64, collections: &[String]) -> TaskError {
+    TaskError::Transient(anyhow::anyhow!(
+        "store `{store}` still holds {remaining} matching record(s) after the erasure (in {}); \
+         the task will run again",
+        collections.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(pairs: &[(&str, &[&str])]) -> Identities {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn templates_render_for_every_combination_of_values() {
+        let identities = ids(&[("user_id", &["1", "2", "1"]), ("email", &["a@x", " "])]);
+        assert_eq!(
+            render_all("s:{user_id}", &identities),
+            vec!["s:1".to_owned(), "s:2".to_owned()]
+        );
+        assert_eq!(
+            render_all("{email}/{user_id}/", &identities),
+            vec!["a@x/1/".to_owned(), "a@x/2/".to_owned()]
+        );
+        assert!(render_all("p:{phone}", &identities).is_empty());
+    }
+
+    #[test]
+    fn blank_values_are_never_used() {
+        let values = vec![
+            String::new(),
+            "  ".to_owned(),
+            "7".to_owned(),
+            "7".to_owned(),
+        ];
+        assert_eq!(usable_values(&values), vec!["7"]);
+    }
+}
