@@ -38,9 +38,9 @@ impl std::fmt::Debug for Exports {
 }
 
 impl Exports {
-    /// From Lethe's `[s3]` settings (whose credentials sign the links) and `api`'s link
-    /// lifetime. Without an `[s3]` section downloads answer 503.
-    pub fn new(settings: &Settings) -> Self {
+    /// From Lethe's `[s3]` settings (whose credentials sign the links) and the lifetime of a
+    /// link. Without an `[s3]` section downloads answer 503.
+    pub fn new(settings: &Settings, link_ttl: Duration) -> Self {
         Self {
             client: settings.s3.as_ref().map(s3::client),
             bucket: settings
@@ -48,7 +48,7 @@ impl Exports {
                 .as_ref()
                 .map(|s| s.bucket.clone())
                 .unwrap_or_default(),
-            link_ttl: settings.api.export_link_ttl,
+            link_ttl,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod receipt;
 pub mod requests;
 pub mod routes;
+pub mod settings;
 pub mod validate;
 pub mod webhooks;
 
@@ -43,6 +44,7 @@ use crate::error::ApiError;
 use crate::extract::{BodyLimit, KeyCache};
 use crate::plan::Planner;
 use crate::receipt::ReceiptSigner;
+use crate::settings::ApiSettings;
 
 /// What request handlers share.
 #[derive(Clone)]
@@ -90,7 +92,7 @@ impl FromRef<AppState> for BodyLimit {
 /// The api daemon, built and ready to serve.
 pub struct App {
     state: AppState,
-    settings: Settings,
+    api: ApiSettings,
     publisher: Publisher,
     consumer: PullConsumer,
     listener: TcpListener,
@@ -101,7 +103,8 @@ impl App {
     /// Opens and migrates the ledger, loads the data map, connects to NATS, provisions the
     /// streams and the coordinator's consumer, and binds the HTTP listener.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let receipt_key = settings.api.receipt_signing_key.as_ref().context(
+        let api: ApiSettings = settings.section()?;
+        let receipt_key = api.receipt_signing_key.as_ref().context(
             "api.receipt_signing_key is required (generate one: head -c 32 /dev/urandom | base64)",
         )?;
         let receipts = Arc::new(ReceiptSigner::from_seed(receipt_key)?);
@@ -117,7 +120,7 @@ impl App {
         };
         let consumer =
             nats::provision_consumer(publisher.jetstream(), &names, &settings.nats, &spec).await?;
-        let listener = ops::bind(settings.api.listen).await?;
+        let listener = ops::bind(api.listen).await?;
         let incidents = incidents::Incidents::new(client.clone());
         let readiness = Readiness::new()
             .ledger(pool.clone())
@@ -136,14 +139,14 @@ impl App {
                 names,
                 planner: Arc::new(Planner::new(map)),
                 hasher,
-                keys: KeyCache::new(settings.api.key_cache_ttl),
-                body_limit: BodyLimit(settings.api.body_limit_bytes),
+                keys: KeyCache::new(api.key_cache_ttl),
+                body_limit: BodyLimit(api.body_limit_bytes),
                 receipts,
-                exports: export::Exports::new(settings),
+                exports: export::Exports::new(settings, api.export_link_ttl),
                 outbox: outbox::OutboxSignal::default(),
                 incidents,
             },
-            settings: settings.clone(),
+            api,
             publisher,
             consumer,
             listener,
@@ -172,8 +175,8 @@ impl App {
             self.state.names.clone(),
             self.state.outbox.clone(),
         )
-        .with_export_ttl(self.settings.api.export_ttl);
-        let concurrency = self.settings.api.coordinator_concurrency;
+        .with_export_ttl(self.api.export_ttl);
+        let concurrency = self.api.coordinator_concurrency;
         let stop = background.clone();
         let consumer = self.consumer;
         tasks.spawn(async move {
@@ -192,7 +195,7 @@ impl App {
             background.clone(),
         ));
         let http = reqwest::Client::builder()
-            .timeout(self.settings.api.webhook_timeout)
+            .timeout(self.api.webhook_timeout)
             .build()
             .context("cannot build the webhook HTTP client")?;
         tasks.spawn(webhooks::run(
@@ -211,7 +214,7 @@ impl App {
         tracing::info!(address = %self.listener.local_addr()?, "api listening");
         let served = ops::serve(self.listener, router, shutdown).await;
         background.cancel();
-        let drain = tokio::time::timeout(self.settings.api.drain_timeout, async {
+        let drain = tokio::time::timeout(self.api.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
         });
         if drain.await.is_err() {

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
-use lethe_common::config::SeipdVersion;
 use sequoia_openpgp as openpgp;
 
 use openpgp::Cert;
@@ -33,6 +32,8 @@ use openpgp::parse::stream::{
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Recipient};
 use openpgp::types::{AEADAlgorithm, Features, RevocationStatus, SymmetricAlgorithm};
+
+use crate::settings::SeipdVersion;
 
 /// How long before a recipient certificate expires start-up warns about it.
 const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);

@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod restore;
 pub mod runner;
 pub mod schedule;
+pub mod settings;
 pub mod source;
 pub mod tools;
 pub mod upload;
@@ -43,8 +44,8 @@ impl App {
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
         let plan = Plan::load(settings)?;
         let stores = plan.stores.clone();
-        let worker =
-            LedgerWorker::start("backup", settings, &settings.backup, Durable::Backup).await?;
+        let drain_timeout = plan.worker.drain_timeout;
+        let worker = LedgerWorker::start("backup", settings, &plan.worker, Durable::Backup).await?;
         let consumer = worker.daemon.consumer(Durable::Backup).await?;
         let bucket = settings.require_s3()?.bucket.clone();
         let backups = Arc::new(Backups::new(
@@ -58,7 +59,7 @@ impl App {
             prefix: settings.nats.prefix.clone(),
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
-            drain_timeout: settings.backup.drain_timeout,
+            drain_timeout,
             poll: poll_interval(mode),
         };
         Ok(Self {

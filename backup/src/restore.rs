@@ -20,7 +20,6 @@ use anyhow::Context as _;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use lethe_common::Settings;
-use lethe_common::config::BackupTools;
 use lethe_common::datamap::{DataMap, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::privacy::IdentityHasher;
@@ -39,6 +38,7 @@ use crate::catalog::{self, BackupRow};
 use crate::keys::SecretKeys;
 use crate::manifest::Manifest;
 use crate::pipeline::{self, ChannelWriter, Chunk, Decryption, is_stage_stopped};
+use crate::settings::BackupTools;
 use crate::source::Kind;
 use crate::tools;
 use crate::upload::{self, Downloaded, Multipart};
@@ -51,6 +51,7 @@ const REDIS_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// The ledger and Lethe's bucket: what `list`, `verify`, `restore` and `replay` read.
 pub struct Ledger {
     settings: Settings,
+    tools: BackupTools,
     pool: PgPool,
     s3: Client,
     bucket: String,
@@ -61,8 +62,10 @@ impl Ledger {
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let pool = lethe_common::ledger::connect_and_migrate(settings.require_ledger()?).await?;
         let s3_settings = settings.require_s3()?;
+        let backups: crate::settings::BackupsSettings = settings.section()?;
         Ok(Self {
             settings: settings.clone(),
+            tools: backups.tools,
             pool,
             s3: lethe_common::s3::client(s3_settings),
             bucket: s3_settings.bucket.clone(),
@@ -75,7 +78,7 @@ impl Ledger {
     }
 
     fn tools(&self) -> &BackupTools {
-        &self.settings.backups.tools
+        &self.tools
     }
 }
 

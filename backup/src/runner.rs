@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use lethe_common::Settings;
-use lethe_common::config::{BackupsSettings, SeipdVersion};
+use lethe_common::config::WorkerSettings;
 use lethe_common::datamap::DataMap;
 use lethe_common::ids::StoreName;
 use lethe_common::messages::Event;
@@ -27,6 +27,7 @@ use crate::keys::Recipients;
 use crate::manifest::{self, Manifest};
 use crate::pipeline::{self, Compression, Encoded, Progress, is_stage_stopped};
 use crate::schedule::{NextDue as _, Schedules};
+use crate::settings::{BackupsSettings, SeipdVersion};
 use crate::source::{self, Kind};
 use crate::upload::{self, MAX_PART, MIN_PART, Multipart};
 
@@ -41,12 +42,15 @@ pub struct Plan {
     pub schedules: Schedules,
     /// `[backups]`.
     pub settings: BackupsSettings,
+    /// `[backup]`: operations address, stores, drain timeout.
+    pub worker: WorkerSettings,
 }
 
 impl Plan {
     /// Checks the configuration; every error names the key at fault.
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
-        let backups = settings.backups.clone();
+        let backups: BackupsSettings = settings.section()?;
+        let worker = settings.worker("backup", DEFAULT_OPS_PORT)?;
         check_settings(&backups)?;
         let recipients = Arc::new(Recipients::load(
             &backups.recipients,
@@ -54,7 +58,7 @@ impl Plan {
             backups.seipd,
         )?);
         let map = DataMap::load(&settings.data_map_path()?)?;
-        let stores = stores::served(&map, &settings.backup.stores, settings)?;
+        let stores = stores::served(&map, &worker.stores, settings)?;
         let names: Vec<StoreName> = stores.iter().map(|s| s.name.clone()).collect();
         let schedules =
             Schedules::from_settings(&backups.schedule, &names).map_err(anyhow::Error::msg)?;
@@ -63,9 +67,13 @@ impl Plan {
             stores,
             schedules,
             settings: backups,
+            worker,
         })
     }
 }
+
+/// Where `/healthz`, `/readyz` and `/metrics` listen when `[backup]` names no address.
+pub const DEFAULT_OPS_PORT: u16 = 9183;
 
 fn check_settings(backups: &BackupsSettings) -> anyhow::Result<()> {
     let part = backups.part_size.0;

@@ -16,7 +16,6 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use lethe_common::config::BackupTools;
 use lethe_common::datamap::Store;
 use lethe_stores::{ServedStore, StoreConnection};
 use secrecy::SecretString;
@@ -24,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::pipeline::Chunk;
+use crate::settings::BackupTools;
 use crate::tools;
 
 /// Objects fetched ahead of the one being archived.

@@ -1,17 +1,22 @@
 //! Typed configuration: one TOML file plus `LETHE__SECTION__KEY` environment overrides.
 //!
-//! Every daemon reads the same file and takes the sections it needs, so an operator keeps one
-//! file per deployment. Unknown keys are refused (a typo must not silently fall back to a
-//! default), and an error names the key and the source it came from.
+//! Every daemon reads the same file, so an operator keeps one file per deployment. This module
+//! types the sections every daemon shares (`nats`, `ledger`, `s3`, `telemetry`, `privacy`) and
+//! the worker section's shape; each daemon owns the type of its own section (`[api]`,
+//! `[retention]`, `[backups]`, ...) and reads it with [`Settings::section`]. Unknown keys are
+//! refused (a typo must not silently fall back to a default): at the top level by every
+//! daemon, inside a daemon's section by that daemon. An error names the key and the source it
+//! came from.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 
 use crate::telemetry::TelemetrySettings;
 
@@ -19,9 +24,11 @@ use crate::telemetry::TelemetrySettings;
 pub const CONFIG_ENV: &str = "LETHE_CONFIG";
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "LETHE__";
+/// Where backups live in Lethe's bucket unless `backups.prefix` says otherwise.
+pub const DEFAULT_BACKUPS_PREFIX: &str = "backups/";
 
-/// Everything a Lethe daemon can be configured with. Each daemon uses the sections it needs and
-/// checks their presence with [`Settings::require`].
+/// The configuration every Lethe daemon reads: the shared sections, typed, and the file itself
+/// (with its overrides), from which each daemon reads its own section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -38,24 +45,25 @@ pub struct Settings {
     pub ledger: Option<LedgerSettings>,
     /// Lethe's own S3 bucket (exports, backups, staging).
     pub s3: Option<S3Settings>,
-    /// The api daemon.
-    #[serde(default = "ApiSettings::default")]
-    pub api: ApiSettings,
-    /// The eraser daemon.
-    #[serde(default = "WorkerSettings::eraser")]
-    pub eraser: WorkerSettings,
-    /// The exporter daemon.
-    #[serde(default = "WorkerSettings::exporter")]
-    pub exporter: WorkerSettings,
-    /// The backup daemon.
-    #[serde(default = "WorkerSettings::backup")]
-    pub backup: WorkerSettings,
-    /// The retention daemon: its worker settings and the retention policies it enforces.
+    // The daemons' own sections: accepted here, typed and checked by their daemons.
     #[serde(default)]
-    pub retention: RetentionSettings,
-    /// What the backup daemon backs up, how, when, and to whom it encrypts.
+    #[expect(dead_code, reason = "read by its daemon through `source`")]
+    api: IgnoredAny,
     #[serde(default)]
-    pub backups: BackupsSettings,
+    #[expect(dead_code, reason = "read by its daemon through `source`")]
+    eraser: IgnoredAny,
+    #[serde(default)]
+    #[expect(dead_code, reason = "read by its daemon through `source`")]
+    exporter: IgnoredAny,
+    #[serde(default)]
+    #[expect(dead_code, reason = "read by its daemon through `source`")]
+    backup: IgnoredAny,
+    #[serde(default)]
+    #[expect(dead_code, reason = "read by its daemon through `source`")]
+    retention: IgnoredAny,
+    #[serde(default)]
+    #[expect(dead_code, reason = "read by its daemon through `source`")]
+    backups: IgnoredAny,
     /// Directory of the configuration file, against which relative paths are resolved.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -63,6 +71,22 @@ pub struct Settings {
     /// the environment; never read from the file.
     #[serde(skip)]
     pub credentials: Credentials,
+    /// The file and its overrides, for the daemons' own sections.
+    #[serde(skip, default = "Figment::new")]
+    source: Figment,
+}
+
+/// A daemon's own section of the configuration file (`[api]`, `[retention]`, ...), read with
+/// [`Settings::section`].
+pub trait Section: DeserializeOwned {
+    /// Its key.
+    const KEY: &'static str;
+    /// Its value when the file has no such section.
+    fn absent() -> Self;
+    /// Checks what the types alone cannot; the message names the key at fault.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 /// Where the secrets a data map names by variable (`url_env`, `access_key_id_env`, ...) come
@@ -262,91 +286,6 @@ impl S3Settings {
     }
 }
 
-/// The api daemon.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSettings {
-    /// Address of the HTTP API (which also serves `/healthz`, `/readyz` and `/metrics`).
-    #[serde(default = "ApiSettings::default_listen")]
-    pub listen: SocketAddr,
-    /// Largest accepted request body, in bytes.
-    #[serde(default = "ApiSettings::default_body_limit")]
-    pub body_limit_bytes: usize,
-    /// How long in-flight HTTP requests may take to finish on shutdown.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// Ed25519 seed (32 bytes, base64) that signs erasure receipts. Keep it: receipts signed
-    /// with a lost key can no longer be checked against the published key.
-    pub receipt_signing_key: Option<SecretString>,
-    /// How long a checked API key is trusted without asking the ledger again (a revoked key
-    /// keeps working for at most this long).
-    #[serde(
-        default = "ApiSettings::default_key_cache_ttl",
-        with = "humantime_serde"
-    )]
-    pub key_cache_ttl: Duration,
-    /// Results the coordinator applies at once.
-    #[serde(default = "ApiSettings::default_coordinator_concurrency")]
-    pub coordinator_concurrency: usize,
-    /// Time a webhook endpoint has to answer.
-    #[serde(
-        default = "ApiSettings::default_webhook_timeout",
-        with = "humantime_serde"
-    )]
-    pub webhook_timeout: Duration,
-    /// How long a download link handed out by `GET /v1/requests/{id}/export` stays valid
-    /// (a presigned URL; at most 7 days, never past the export's own expiry).
-    #[serde(
-        default = "ApiSettings::default_export_link_ttl",
-        with = "humantime_serde"
-    )]
-    pub export_link_ttl: Duration,
-    /// How long an assembled export stays downloadable after it was assembled (its
-    /// `expires_at`); retention deletes it afterwards.
-    #[serde(default = "ApiSettings::default_export_ttl", with = "humantime_serde")]
-    pub export_ttl: Duration,
-}
-
-impl ApiSettings {
-    fn default_export_link_ttl() -> Duration {
-        Duration::from_secs(15 * 60)
-    }
-    fn default_export_ttl() -> Duration {
-        Duration::from_secs(7 * 24 * 3600)
-    }
-    fn default_key_cache_ttl() -> Duration {
-        Duration::from_secs(10)
-    }
-    fn default_coordinator_concurrency() -> usize {
-        16
-    }
-    fn default_webhook_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    fn default_listen() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 8080))
-    }
-    fn default_body_limit() -> usize {
-        64 * 1024
-    }
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        Self {
-            listen: Self::default_listen(),
-            body_limit_bytes: Self::default_body_limit(),
-            drain_timeout: default_drain_timeout(),
-            receipt_signing_key: None,
-            key_cache_ttl: Self::default_key_cache_ttl(),
-            coordinator_concurrency: Self::default_coordinator_concurrency(),
-            webhook_timeout: Self::default_webhook_timeout(),
-            export_link_ttl: Self::default_export_link_ttl(),
-            export_ttl: Self::default_export_ttl(),
-        }
-    }
-}
-
 /// A worker daemon (eraser, exporter, backup, retention).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -370,7 +309,10 @@ impl WorkerSettings {
     fn default_concurrency() -> usize {
         8
     }
-    fn with_port(port: u16) -> Self {
+
+    /// The settings of a worker whose section is absent: operations on `127.0.0.1:<port>`,
+    /// every store, the default concurrency and drain timeout.
+    pub fn with_port(port: u16) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             stores: Vec::new(),
@@ -378,278 +320,21 @@ impl WorkerSettings {
             drain_timeout: default_drain_timeout(),
         }
     }
-    fn eraser() -> Self {
-        Self::with_port(9181)
-    }
-    fn exporter() -> Self {
-        Self::with_port(9182)
-    }
-    fn backup() -> Self {
-        Self::with_port(9183)
-    }
-}
 
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// The hard ceiling on how long a backup is kept (DESIGN §7): a longer
-/// `retention.backups_max_age` needs `retention.backups_max_age_override`.
-pub const BACKUP_CEILING: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The retention daemon (`[retention]`): the worker settings every daemon has, and what it
-/// deletes when. Every age is measured from the item's own creation time against the clock.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionSettings {
-    /// Address of `/healthz`, `/readyz` and `/metrics`.
-    pub listen: SocketAddr,
-    /// The stores whose log tables this process prunes (it needs their credentials); empty
-    /// means every store of the data map that has a log table.
-    pub stores: Vec<String>,
-    /// Unused by retention (one run at a time); accepted so the section reads like every
-    /// worker's.
-    pub concurrency: usize,
-    /// How long a running pass may take to finish on shutdown.
-    #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// When a run starts by itself: an interval (`1h`, counted from the previous run of this
-    /// process), a cron expression in UTC (`15 3 * * *`) or `off`.
-    pub schedule: String,
-    /// Backups older than this are deleted (their objects, manifests and catalog rows). At
-    /// most 7 days unless `backups_max_age_override` says why.
-    #[serde(with = "humantime_serde")]
-    pub backups_max_age: Duration,
-    /// Why backups are kept longer than 7 days: required (and recorded in the log) when
-    /// `backups_max_age` is over the ceiling.
-    pub backups_max_age_override: Option<String>,
-    /// Export archives older than this (or past their own `expires_at`) are deleted.
-    #[serde(with = "humantime_serde")]
-    pub exports_max_age: Duration,
-    /// Staging leftovers and incomplete multipart uploads older than this are deleted.
-    #[serde(with = "humantime_serde")]
-    pub staging_max_age: Duration,
-    /// Rows of a log table deleted per statement (one short transaction each).
-    pub log_batch_size: u64,
-}
-
-impl Default for RetentionSettings {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9184)),
-            stores: Vec::new(),
-            concurrency: 1,
-            drain_timeout: default_drain_timeout(),
-            schedule: "1h".to_owned(),
-            backups_max_age: BACKUP_CEILING,
-            backups_max_age_override: None,
-            exports_max_age: Duration::from_secs(7 * 24 * 3600),
-            staging_max_age: Duration::from_secs(24 * 3600),
-            log_batch_size: 1000,
-        }
-    }
-}
-
-impl RetentionSettings {
-    /// The worker settings shared with the other daemons.
-    pub fn worker(&self) -> WorkerSettings {
-        WorkerSettings {
-            listen: self.listen,
-            stores: self.stores.clone(),
-            concurrency: self.concurrency,
-            drain_timeout: self.drain_timeout,
-        }
-    }
-
-    /// Refuses a ceiling over 7 days without a stated reason, ages under an hour (which would
-    /// delete work in progress), and batch sizes out of range.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let reason = self
-            .backups_max_age_override
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty());
-        if self.backups_max_age > BACKUP_CEILING && reason.is_none() {
+    /// Refuses a concurrency of 0.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.concurrency == 0 {
             return Err(ConfigError::Invalid(format!(
-                "retention.backups_max_age: {} is over the 7-day ceiling on backups; to keep \
-                 backups longer, state why in retention.backups_max_age_override \
-                 (environment variable {ENV_PREFIX}RETENTION__BACKUPS_MAX_AGE_OVERRIDE)",
-                humantime_serde::re::humantime::format_duration(self.backups_max_age)
-            )));
-        }
-        for (key, age) in [
-            ("backups_max_age", self.backups_max_age),
-            ("exports_max_age", self.exports_max_age),
-            ("staging_max_age", self.staging_max_age),
-        ] {
-            if age < Duration::from_secs(3600) {
-                return Err(ConfigError::Invalid(format!(
-                    "retention.{key}: must be at least 1h (environment variable \
-                     {ENV_PREFIX}RETENTION__{})",
-                    key.to_ascii_uppercase()
-                )));
-            }
-        }
-        if !(1..=100_000).contains(&self.log_batch_size) {
-            return Err(ConfigError::Invalid(format!(
-                "retention.log_batch_size: must be between 1 and 100000 (environment variable \
-                 {ENV_PREFIX}RETENTION__LOG_BATCH_SIZE)"
+                "{key}.concurrency: must be at least 1"
             )));
         }
         Ok(())
     }
 }
 
-/// The OpenPGP packet that carries a backup's encrypted data.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SeipdVersion {
-    /// SEIPDv1 (RFC 4880, with MDC): what GnuPG 2.2 and every other implementation reads.
-    #[default]
-    V1,
-    /// SEIPDv2 (RFC 9580, AEAD): needs an RFC 9580 implementation (Sequoia's `sq`, for one) to
-    /// decrypt; GnuPG 2.2 cannot.
-    V2,
-}
-
-/// A size in bytes, written as a whole number of bytes or with a binary unit (`8MiB`,
-/// `512 KiB`, `1GiB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// Parses `8MiB`, `512 KiB`, `1GiB`, `4096` or `4096B`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size (write e.g. 8MiB or 8388608)"))?;
-        let factor: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` (use B, KiB, MiB or GiB)"
-                ));
-            }
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Bytes(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// The programs the backup daemon runs: names looked up on `PATH`, or absolute paths.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackupTools {
-    /// PostgreSQL dumps.
-    pub pg_dump: PathBuf,
-    /// PostgreSQL restores.
-    pub pg_restore: PathBuf,
-    /// MariaDB / MySQL dumps.
-    pub mariadb_dump: PathBuf,
-    /// MariaDB / MySQL restores (the command-line client).
-    pub mariadb: PathBuf,
-    /// Redis RDB transfers.
-    pub redis_cli: PathBuf,
-    /// The Redis server a restore starts on the restored RDB to replay erasures.
-    pub redis_server: PathBuf,
-    /// GnuPG, for decrypting with the operator's agent (`--gpg`).
-    pub gpg: PathBuf,
-}
-
-impl Default for BackupTools {
-    fn default() -> Self {
-        Self {
-            pg_dump: "pg_dump".into(),
-            pg_restore: "pg_restore".into(),
-            mariadb_dump: "mariadb-dump".into(),
-            mariadb: "mariadb".into(),
-            redis_cli: "redis-cli".into(),
-            redis_server: "redis-server".into(),
-            gpg: "gpg".into(),
-        }
-    }
-}
-
-/// The backup daemon's backups (`[backups]`). The `[backup]` section holds its operations
-/// address, the stores it backs up and its drain timeout, as for every worker.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackupsSettings {
-    /// Files holding the operators' OpenPGP certificates (public keys only, ASCII-armored or
-    /// binary; a file may hold several), relative to the configuration file. Every backup is
-    /// encrypted to every one of them. The daemon refuses to start without one, or with one
-    /// that is expired, revoked, unusable for encryption, or holding secret key material.
-    pub recipients: Vec<PathBuf>,
-    /// The packet format of the encrypted data.
-    pub seipd: SeipdVersion,
-    /// When each store is backed up: store name (or `default`, for every store not named) ->
-    /// an interval (`24h`), a cron expression evaluated in UTC (`30 2 * * *`), or `off`.
-    pub schedule: std::collections::BTreeMap<String, String>,
-    /// How long a backup is kept: its `expires_at` is its start plus this.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-    /// Key prefix of backups and manifests in Lethe's bucket.
-    pub prefix: String,
-    /// Size of the first multipart-upload parts; later parts grow so that any backup stays
-    /// under S3's 10,000-part limit. At least 5 MiB.
-    pub part_size: ByteSize,
-    /// Parts uploaded at once (memory holds this many parts plus the one being filled).
-    pub upload_concurrency: usize,
-    /// zstd compression level (1-19).
-    pub zstd_level: i32,
-    /// zstd worker threads (0: compress on the pipeline's own thread).
-    pub zstd_workers: u32,
-    /// Backups this process runs at once.
-    pub concurrency: usize,
-    /// How often a running backup logs its progress.
-    #[serde(with = "humantime_serde")]
-    pub progress_interval: Duration,
-    /// The programs run.
-    pub tools: BackupTools,
-}
-
-impl Default for BackupsSettings {
-    fn default() -> Self {
-        Self {
-            recipients: Vec::new(),
-            seipd: SeipdVersion::default(),
-            schedule: std::collections::BTreeMap::from([("default".to_owned(), "24h".to_owned())]),
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            prefix: "backups/".to_owned(),
-            part_size: ByteSize(8 << 20),
-            upload_concurrency: 2,
-            zstd_level: 3,
-            zstd_workers: 2,
-            concurrency: 1,
-            progress_interval: Duration::from_secs(30),
-            tools: BackupTools::default(),
-        }
-    }
+/// How long in-flight work may take to finish on shutdown, unless a section says otherwise.
+pub fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// A configuration that cannot be used. The message names the key and what is wrong with it.
@@ -680,7 +365,8 @@ impl Settings {
         let figment = Figment::from(Toml::file(path)).merge(Env::prefixed(ENV_PREFIX).split("__"));
         let mut settings: Settings = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e, None)))?;
+        settings.source = figment;
         settings.base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -691,9 +377,11 @@ impl Settings {
 
     /// Parses settings from a TOML string, without environment overrides (for tests).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let mut settings: Settings = Figment::from(Toml::string(text))
+        let figment = Figment::from(Toml::string(text));
+        let mut settings: Settings = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e, None)))?;
+        settings.source = figment;
         settings.base_dir = PathBuf::from(".");
         settings.validate()?;
         Ok(settings)
@@ -715,20 +403,6 @@ impl Settings {
                 ));
             }
         }
-        let retention = self.retention.worker();
-        for (name, worker) in [
-            ("eraser", &self.eraser),
-            ("exporter", &self.exporter),
-            ("backup", &self.backup),
-            ("retention", &retention),
-        ] {
-            if worker.concurrency == 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{name}.concurrency: must be at least 1"
-                )));
-            }
-        }
-        self.retention.validate()?;
         Ok(())
     }
 
@@ -736,6 +410,82 @@ impl Settings {
     #[must_use]
     pub fn with_credential(mut self, name: impl Into<String>, value: SecretString) -> Self {
         self.credentials.insert(name, value);
+        self
+    }
+
+    /// The daemon section `T` (its defaults where the file has none), checked.
+    pub fn section<T: Section>(&self) -> Result<T, ConfigError> {
+        let section = if self.source.contains(T::KEY) {
+            self.source
+                .extract_inner::<T>(T::KEY)
+                .map_err(|e| ConfigError::Invalid(describe_figment_error(e, Some(T::KEY))))?
+        } else {
+            T::absent()
+        };
+        section.validate()?;
+        Ok(section)
+    }
+
+    /// The worker section `key` (`[eraser]`, `[exporter]`, `[backup]`): operations on
+    /// `127.0.0.1:<default_port>` where the file names no address.
+    pub fn worker(
+        &self,
+        key: &'static str,
+        default_port: u16,
+    ) -> Result<WorkerSettings, ConfigError> {
+        let worker = if self.source.contains(key) {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Partial {
+                listen: Option<SocketAddr>,
+                #[serde(default)]
+                stores: Vec<String>,
+                concurrency: Option<usize>,
+                #[serde(default, with = "humantime_serde")]
+                drain_timeout: Option<Duration>,
+            }
+            let partial: Partial = self
+                .source
+                .extract_inner(key)
+                .map_err(|e| ConfigError::Invalid(describe_figment_error(e, Some(key))))?;
+            let defaults = WorkerSettings::with_port(default_port);
+            WorkerSettings {
+                listen: partial.listen.unwrap_or(defaults.listen),
+                stores: partial.stores,
+                concurrency: partial.concurrency.unwrap_or(defaults.concurrency),
+                drain_timeout: partial.drain_timeout.unwrap_or(defaults.drain_timeout),
+            }
+        } else {
+            WorkerSettings::with_port(default_port)
+        };
+        worker.validate(key)?;
+        Ok(worker)
+    }
+
+    /// The value of `key` (a dotted path: `backups.prefix`) if the file or an override sets
+    /// it: for the few keys one daemon reads of another's section.
+    pub fn value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
+        if !self.source.contains(key) {
+            return Ok(None);
+        }
+        self.source
+            .extract_inner(key)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e, Some(key))))
+    }
+
+    /// Where backups live in Lethe's bucket (`backups.prefix`): the backup daemon writes there,
+    /// retention prunes there.
+    pub fn backups_prefix(&self) -> Result<String, ConfigError> {
+        Ok(self
+            .value("backups.prefix")?
+            .unwrap_or_else(|| DEFAULT_BACKUPS_PREFIX.to_owned()))
+    }
+
+    /// Sets `key` (a dotted path: `api.listen`) to `value` over what the file says, as an
+    /// environment override would: for programs and tests that adjust a loaded configuration.
+    pub fn set<V: Serialize>(&mut self, key: &str, value: V) -> &mut Self {
+        self.source = std::mem::take(&mut self.source).merge(Serialized::default(key, value));
         self
     }
 
@@ -770,10 +520,18 @@ impl Settings {
 
 /// Figment's messages already name the key and the file or variable it came from; this only
 /// puts the key first so the line reads well on its own.
-fn describe_figment_error(error: figment::Error) -> String {
+fn describe_figment_error(error: figment::Error, section: Option<&str>) -> String {
     error
         .into_iter()
-        .map(|e| {
+        .map(|mut e| {
+            // An error inside a section names its key from the section down.
+            if let Some(section) = section {
+                let mut path: Vec<String> = section.split('.').map(str::to_owned).collect();
+                if !e.path.starts_with(&path) {
+                    path.append(&mut e.path);
+                    e.path = path;
+                }
+            }
             let key = e.path.join(".");
             let source = e
                 .metadata
@@ -811,7 +569,7 @@ mod tests {
     fn minimal_configuration_takes_defaults() {
         let settings = Settings::from_toml(MINIMAL).unwrap();
         assert_eq!(settings.nats.prefix, "lethe");
-        assert_eq!(settings.eraser.listen.port(), 9181);
+        assert_eq!(settings.worker("eraser", 9181).unwrap().listen.port(), 9181);
         assert!(settings.ledger.is_none());
     }
 
@@ -843,75 +601,23 @@ mod tests {
     }
 
     #[test]
-    fn the_backups_section_takes_sizes_durations_and_a_schedule_and_has_defaults() {
-        let defaults = Settings::from_toml(MINIMAL).unwrap().backups;
-        assert!(defaults.recipients.is_empty());
-        assert_eq!(defaults.seipd, SeipdVersion::V1);
-        assert_eq!(defaults.part_size, ByteSize(8 << 20));
-        assert_eq!(defaults.max_age, Duration::from_secs(7 * 24 * 3600));
-        let text = format!(
-            "{MINIMAL}\n[backups]\nrecipients = [\"ops.asc\"]\nseipd = \"v2\"\npart_size = \"16 MiB\"\n\
-             max_age = \"3d\"\nschedule = {{ default = \"24h\", accounts = \"30 2 * * *\" }}\n\
-             [backups.tools]\npg_dump = \"/usr/lib/postgresql/16/bin/pg_dump\"\n"
-        );
-        let backups = Settings::from_toml(&text).unwrap().backups;
-        assert_eq!(backups.seipd, SeipdVersion::V2);
-        assert_eq!(backups.part_size, ByteSize(16 << 20));
-        assert_eq!(backups.max_age, Duration::from_secs(3 * 24 * 3600));
-        assert_eq!(backups.schedule["accounts"], "30 2 * * *");
-        assert_eq!(
-            backups.tools.pg_dump,
-            PathBuf::from("/usr/lib/postgresql/16/bin/pg_dump")
-        );
-        assert_eq!(backups.tools.mariadb_dump, PathBuf::from("mariadb-dump"));
-        let message = Settings::from_toml(&format!("{MINIMAL}\n[backups]\npart_size = \"8 MB\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("backups.part_size"), "{message}");
-        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
-        assert!(ByteSize::parse("lots").is_err());
-    }
-
-    #[test]
-    fn the_retention_section_has_defaults_and_refuses_a_backup_ceiling_over_7_days_without_a_reason()
-     {
-        let defaults = Settings::from_toml(MINIMAL).unwrap().retention;
-        assert_eq!(defaults.backups_max_age, BACKUP_CEILING);
-        assert_eq!(defaults.exports_max_age, Duration::from_secs(7 * 24 * 3600));
-        assert_eq!(defaults.staging_max_age, Duration::from_secs(24 * 3600));
-        assert_eq!(defaults.listen.port(), 9184);
-        let shorter = format!("{MINIMAL}\n[retention]\nbackups_max_age = \"3d\"\n");
-        assert_eq!(
-            Settings::from_toml(&shorter)
-                .unwrap()
-                .retention
-                .backups_max_age,
-            Duration::from_secs(3 * 24 * 3600)
-        );
-        let longer = format!("{MINIMAL}\n[retention]\nbackups_max_age = \"10d\"\n");
-        let message = Settings::from_toml(&longer).unwrap_err().to_string();
-        assert!(message.contains("retention.backups_max_age"), "{message}");
-        assert!(message.contains("7-day ceiling"), "{message}");
-        assert!(
-            message.contains("LETHE__RETENTION__BACKUPS_MAX_AGE_OVERRIDE"),
-            "{message}"
-        );
-        let blank = format!("{longer}backups_max_age_override = \"  \"\n");
-        assert!(Settings::from_toml(&blank).is_err());
-        let stated = format!("{longer}backups_max_age_override = \"legal hold, ticket 42\"\n");
-        assert_eq!(
-            Settings::from_toml(&stated)
-                .unwrap()
-                .retention
-                .backups_max_age,
-            Duration::from_secs(10 * 24 * 3600)
-        );
-        let tiny = format!("{MINIMAL}\n[retention]\nstaging_max_age = \"5m\"\n");
-        let message = Settings::from_toml(&tiny).unwrap_err().to_string();
-        assert!(message.contains("retention.staging_max_age"), "{message}");
-        let typo = format!("{MINIMAL}\n[retention]\nbackup_max_age = \"3d\"\n");
-        let message = Settings::from_toml(&typo).unwrap_err().to_string();
-        assert!(message.contains("backup_max_age"), "{message}");
+    fn a_daemon_section_is_read_with_its_defaults_overrides_and_key_named_errors() {
+        let settings =
+            Settings::from_toml(&format!("{MINIMAL}\n[eraser]\nconcurrency = 3\n")).unwrap();
+        let eraser = settings.worker("eraser", 9181).unwrap();
+        assert_eq!((eraser.concurrency, eraser.listen.port()), (3, 9181));
+        assert_eq!(settings.worker("exporter", 9182).unwrap().concurrency, 8);
+        let mut settings = settings;
+        settings.set("eraser.listen", "127.0.0.1:0");
+        assert_eq!(settings.worker("eraser", 9181).unwrap().listen.port(), 0);
+        let typo = Settings::from_toml(&format!("{MINIMAL}\n[eraser]\nconcurency = 3\n")).unwrap();
+        let message = typo.worker("eraser", 9181).unwrap_err().to_string();
+        assert!(message.contains("eraser"), "{message}");
+        assert!(message.contains("concurency"), "{message}");
+        let zero = Settings::from_toml(&format!("{MINIMAL}\n[eraser]\nconcurrency = 0\n")).unwrap();
+        let message = zero.worker("eraser", 9181).unwrap_err().to_string();
+        assert!(message.contains("eraser.concurrency"), "{message}");
+        assert_eq!(settings.value::<String>("backups.prefix").unwrap(), None);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct App {
     eraser: Arc<Eraser>,
 }
 
+/// Where `/healthz`, `/readyz` and `/metrics` listen when `[eraser]` names no address.
+pub const DEFAULT_OPS_PORT: u16 = 9181;
+
 impl App {
     /// Loads the data map, sets up the served stores, checks the data map against their live
     /// schemas (every mismatch is listed in the error; a store that is down is checked on its
@@ -34,10 +37,11 @@ impl App {
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
         let map = Arc::new(DataMap::load(&settings.data_map_path()?)?);
         let hasher = IdentityHasher::new(settings.require_privacy()?.hash_key.clone());
-        let served = stores::served(&map, &settings.eraser.stores, settings)?;
+        let worker = settings.worker("eraser", DEFAULT_OPS_PORT)?;
+        let served = stores::served(&map, &worker.stores, settings)?;
         let eraser = Arc::new(Eraser::new(served.clone(), map.clone(), hasher)?);
         schema::check_all(eraser.connectors()).await?;
-        let daemon = WorkerDaemon::start("eraser", settings, &settings.eraser).await?;
+        let daemon = WorkerDaemon::start("eraser", settings, &worker).await?;
         let mut loops = Vec::with_capacity(served.len());
         for store in &served {
             let durable = Durable::Eraser(store.name.clone());

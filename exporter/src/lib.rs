@@ -34,13 +34,17 @@ pub struct App {
     _census: census::CensusResponder,
 }
 
+/// Where `/healthz`, `/readyz` and `/metrics` listen when `[exporter]` names no address.
+pub const DEFAULT_OPS_PORT: u16 = 9182;
+
 impl App {
     /// Loads the data map, sets up the served stores and Lethe's bucket, connects to NATS and
     /// binds the collect consumers (one per store) and the assemble consumer (any exporter can
     /// assemble: it needs Lethe's bucket only).
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
         let map = Arc::new(DataMap::load(&settings.data_map_path()?)?);
-        let served = stores::served(&map, &settings.exporter.stores, settings)?;
+        let worker = settings.worker("exporter", DEFAULT_OPS_PORT)?;
+        let served = stores::served(&map, &worker.stores, settings)?;
         let s3_settings = settings.require_s3()?;
         let bucket_client = s3::client(s3_settings);
         s3::ensure_bucket(&bucket_client, &s3_settings.bucket).await?;
@@ -61,7 +65,7 @@ impl App {
             &s3_settings.bucket,
             IdentityHasher::new(key),
         )?);
-        let daemon = WorkerDaemon::start("exporter", settings, &settings.exporter).await?;
+        let daemon = WorkerDaemon::start("exporter", settings, &worker).await?;
         let mut loops = Vec::with_capacity(served.len() + 1);
         for store in &served {
             let durable = Durable::Exporter(store.name.clone());

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod daemon;
 pub mod policy;
 pub mod schedule;
+pub mod settings;
 
 use std::sync::Arc;
 
@@ -33,10 +34,11 @@ impl App {
         settings.require_ledger()?;
         settings.require_s3()?;
         let plan = Plan::load(settings)?;
+        let drain_timeout = plan.settings.drain_timeout;
         let worker = LedgerWorker::start(
             "retention",
             settings,
-            &settings.retention.worker(),
+            &plan.settings.worker(),
             Durable::Retention,
         )
         .await?;
@@ -54,7 +56,7 @@ impl App {
             run_subject: names.retention_run_subject(),
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
-            drain_timeout: settings.retention.drain_timeout,
+            drain_timeout,
             poll: poll_interval(mode),
         };
         Ok(Self {

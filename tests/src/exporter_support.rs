@@ -42,8 +42,9 @@ impl ExporterBed {
     /// ephemeral operations port.
     pub fn settings(&self) -> Result<Settings> {
         let mut settings = self.bed.settings(4)?;
-        settings.exporter.listen = "127.0.0.1:0".parse()?;
-        settings.exporter.concurrency = 4;
+        settings
+            .set("exporter.listen", "127.0.0.1:0")
+            .set("exporter.concurrency", 4);
         let Some(s3) = settings.s3.as_mut() else {
             bail!("the bed's settings have no [s3] section");
         };

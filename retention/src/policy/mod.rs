@@ -24,11 +24,11 @@ mod uploads;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::settings::RetentionSettings;
 use anyhow::Context as _;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use lethe_common::Settings;
-use lethe_common::config::RetentionSettings;
 use lethe_common::nats::Publisher;
 use lethe_common::s3 as s3util;
 use lethe_common::schedule::Schedule;

@@ -1,8 +1,8 @@
 //! What start-up checks before connecting: the policies, the schedule and the stores whose
 //! log tables are pruned.
 
+use crate::settings::RetentionSettings;
 use lethe_common::Settings;
-use lethe_common::config::RetentionSettings;
 use lethe_common::datamap::DataMap;
 use lethe_common::ids::StoreName;
 use lethe_common::privacy::IdentityHasher;
@@ -38,7 +38,7 @@ pub struct LogStore {
 impl Plan {
     /// Checks the configuration; every error names the key at fault.
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
-        let retention = settings.retention.clone();
+        let retention: RetentionSettings = settings.section()?;
         let schedule = Schedule::parse(&retention.schedule)
             .map_err(|e| anyhow::anyhow!("retention.schedule: {e}"))?;
         let map = DataMap::load(&settings.data_map_path()?)?;
@@ -74,7 +74,7 @@ impl Plan {
             }
         }
         if let Some(reason) = &retention.backups_max_age_override
-            && retention.backups_max_age > lethe_common::config::BACKUP_CEILING
+            && retention.backups_max_age > crate::settings::BACKUP_CEILING
         {
             tracing::warn!(
                 backups_max_age_s = retention.backups_max_age.as_secs(),
@@ -85,7 +85,7 @@ impl Plan {
         Ok(Self {
             settings: retention,
             schedule,
-            backups_prefix: settings.backups.prefix.clone(),
+            backups_prefix: settings.backups_prefix()?,
             logs,
         })
     }

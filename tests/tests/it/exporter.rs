@@ -495,13 +495,15 @@ impl Deployment {
             .ledger
             .context("ledger settings")?,
         );
-        settings.api.listen = "127.0.0.1:0".parse()?;
-        settings.api.receipt_signing_key = Some(secrecy::SecretString::from(
-            "dGVzdC1yZWNlaXB0LWtleS0wMTIzNDU2Nzg5YWJjZGU=".to_owned(),
-        ));
-        settings.api.key_cache_ttl = Duration::ZERO;
-        settings.api.export_link_ttl = humantime_duration(link_ttl)?;
-        settings.eraser.listen = "127.0.0.1:0".parse()?;
+        settings
+            .set("api.listen", "127.0.0.1:0")
+            .set(
+                "api.receipt_signing_key",
+                "dGVzdC1yZWNlaXB0LWtleS0wMTIzNDU2Nzg5YWJjZGU=",
+            )
+            .set("api.key_cache_ttl", "0s")
+            .set("api.export_link_ttl", link_ttl)
+            .set("eraser.listen", "127.0.0.1:0");
         let api = lethe_api::App::build(&settings).await?;
         let base = format!("http://{}", api.local_addr()?);
         let pool = api.state().pool.clone();
@@ -540,13 +542,6 @@ impl Deployment {
         }
         Ok(())
     }
-}
-
-fn humantime_duration(text: &str) -> Result<Duration> {
-    let settings = lethe_common::Settings::from_toml(&format!(
-        "[nats]\nurl = \"nats://x\"\n[api]\nexport_link_ttl = {text:?}\n"
-    ))?;
-    Ok(settings.api.export_link_ttl)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
