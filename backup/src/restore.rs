@@ -23,6 +23,7 @@ use lethe_common::Settings;
 use lethe_common::datamap::{DataMap, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::privacy::IdentityHasher;
+use lethe_common::s3::{ObjectWriter, WriterOptions};
 use lethe_stores::Connector;
 use lethe_stores::{self as stores, ServedStore, StoreConnection};
 use secrecy::SecretString;
@@ -37,11 +38,11 @@ use uuid::Uuid;
 use crate::catalog::{self, BackupRow};
 use crate::keys::SecretKeys;
 use crate::manifest::Manifest;
-use crate::pipeline::{self, ChannelWriter, Chunk, Decryption, is_stage_stopped};
+use crate::pipeline::{self, Chunk, Decryption, is_stage_stopped};
 use crate::settings::BackupTools;
 use crate::source::Kind;
 use crate::tools;
-use crate::upload::{self, Downloaded, Multipart};
+use crate::upload::{self, Downloaded};
 
 /// Objects up to this size are restored in one request; larger ones by multipart upload.
 const RESTORE_PART: u64 = 16 << 20;
@@ -823,24 +824,36 @@ fn untar_into(
                     .block_on(upload::put(&client, &bucket, &key, body.into()))
                     .map_err(|_| anyhow::anyhow!("cannot write an object to bucket {bucket}"))?;
             } else {
-                let upload = runtime.block_on(Multipart::start(&client, &bucket, &key))?;
-                let (tx, rx) = pipeline::channel();
-                let parts = {
-                    let upload = upload.clone();
-                    runtime.spawn(async move { upload.upload(rx, RESTORE_PART, 2).await })
+                let mut writer = ObjectWriter::new(
+                    client.clone(),
+                    &bucket,
+                    &key,
+                    WriterOptions {
+                        part_size: RESTORE_PART as usize,
+                        ..WriterOptions::DEFAULT
+                    },
+                );
+                let mut buffer = vec![0u8; 1 << 20];
+                let copied: anyhow::Result<()> = loop {
+                    match entry.read(&mut buffer) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            if let Err(error) = runtime.block_on(writer.write(&buffer[..n])) {
+                                break Err(error.into());
+                            }
+                        }
+                        Err(error) => break Err(error.into()),
+                    }
                 };
-                let mut writer = ChannelWriter::new(tx);
-                let copied = std::io::copy(&mut entry, &mut writer)
-                    .map_err(anyhow::Error::new)
-                    .and_then(|_| Ok(writer.finish()?));
-                let parts = runtime.block_on(parts);
-                match (copied, parts) {
-                    (Ok(_), Ok(Ok(parts))) => runtime.block_on(upload.complete(parts))?,
-                    (copied, parts) => {
-                        runtime.block_on(upload.abort());
-                        copied?;
-                        parts??;
-                        anyhow::bail!("cannot write an object to bucket {bucket}");
+                match copied {
+                    Ok(()) => {
+                        runtime.block_on(writer.finish()).map_err(|_| {
+                            anyhow::anyhow!("cannot write an object to bucket {bucket}")
+                        })?;
+                    }
+                    Err(error) => {
+                        runtime.block_on(writer.abort());
+                        return Err(error);
                     }
                 }
             }

@@ -14,6 +14,7 @@ use lethe_common::datamap::DataMap;
 use lethe_common::ids::StoreName;
 use lethe_common::messages::Event;
 use lethe_common::nats::Publisher;
+use lethe_common::s3::{self, MAX_PART, MIN_PART, ObjectWriter, WriterOptions};
 use lethe_common::schedule::Schedule;
 use lethe_stores::{self as stores, ServedStore};
 use serde::Serialize;
@@ -29,7 +30,7 @@ use crate::pipeline::{self, Compression, Encoded, Progress, is_stage_stopped};
 use crate::schedule::{NextDue as _, Schedules};
 use crate::settings::{BackupsSettings, SeipdVersion};
 use crate::source::{self, Kind};
-use crate::upload::{self, MAX_PART, MIN_PART, Multipart};
+use crate::upload;
 
 /// Everything start-up checks before connecting to anything: the recipients' certificates,
 /// the data map, the stores' credentials, the schedule and the pipeline settings.
@@ -433,17 +434,33 @@ impl Backups {
         row: &BackupRow,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Encoded> {
-        let upload = Multipart::start(&self.s3, &self.bucket, &row.object_key).await?;
+        let mut writer = ObjectWriter::new(
+            self.s3.clone(),
+            &self.bucket,
+            &row.object_key,
+            WriterOptions {
+                part_size: usize::try_from(self.settings.part_size.0).unwrap_or(usize::MAX),
+                parallel_parts: self.settings.upload_concurrency,
+                // The ciphertext's SHA-256 is recorded in the manifest and checked by verify
+                // and restore, end to end.
+                sign_payload: false,
+            },
+        )
+        .content_type("application/octet-stream");
+        let upload_id = writer
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the upload of the backup: {e}"))?;
         let progress = Arc::new(Progress::default());
         let _logger = self.progress_logger(&served.name, row.id, progress.clone());
         let streamed = tokio::select! {
-            streamed = self.stream(served, kind, &upload, progress) => streamed,
+            streamed = self.stream(served, kind, writer, progress) => streamed,
             () = cancel.cancelled() => Err(anyhow::anyhow!("interrupted: the daemon is shutting down")),
         };
         let (encoded, parts) = match streamed {
             Ok(done) => done,
             Err(error) => {
-                upload.abort().await;
+                s3::abort_upload(&self.s3, &self.bucket, &row.object_key, &upload_id).await;
                 return Err(error);
             }
         };
@@ -494,7 +511,7 @@ impl Backups {
         &self,
         served: &ServedStore,
         kind: Kind,
-        upload: &Multipart,
+        mut writer: ObjectWriter,
         progress: Arc<Progress>,
     ) -> anyhow::Result<(Encoded, usize)> {
         let (plain_tx, plain_rx) = pipeline::channel();
@@ -511,11 +528,17 @@ impl Backups {
             },
             progress,
         ));
-        let uploaded = upload.upload(
-            cipher_rx,
-            self.settings.part_size.0,
-            self.settings.upload_concurrency,
-        );
+        let mut cipher_rx = cipher_rx;
+        let uploaded = async move {
+            while let Some(chunk) = cipher_rx.recv().await {
+                let chunk = chunk.map_err(|e| anyhow::anyhow!("{e}"))?;
+                writer
+                    .write(&chunk)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot upload the backup: {e}"))?;
+            }
+            Ok::<_, anyhow::Error>(writer)
+        };
         let (source, encoder, uploaded) = tokio::join!(source, encoder, uploaded);
         let source = source.map_err(anyhow::Error::new).and_then(|r| r);
         let encoder = encoder.map_err(anyhow::Error::new).and_then(|r| r);
@@ -533,7 +556,7 @@ impl Backups {
         {
             return Err(anyhow::anyhow!("{error:#}"));
         }
-        let (Ok(dumped), Ok(encoded), Ok(parts)) = (source, encoder, uploaded) else {
+        let (Ok(dumped), Ok(encoded), Ok(writer)) = (source, encoder, uploaded) else {
             anyhow::bail!("a backup stage failed");
         };
         if dumped != encoded.plaintext_bytes {
@@ -542,9 +565,11 @@ impl Backups {
                 encoded.plaintext_bytes
             );
         }
-        let count = parts.len();
-        upload.complete(parts).await?;
-        Ok((encoded, count))
+        let uploaded = writer
+            .finish()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot complete the upload of the backup: {e}"))?;
+        Ok((encoded, uploaded.parts as usize))
     }
 
     fn progress_logger(

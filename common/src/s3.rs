@@ -396,25 +396,60 @@ impl TransferError {
     }
 }
 
+/// S3's largest part.
+pub const MAX_PART: u64 = 5 << 30;
+/// S3's smallest part (except the last).
+pub const MIN_PART: u64 = 5 << 20;
+/// S3's most parts in one upload.
+pub const MAX_PARTS: u32 = 10_000;
+/// Parts of one size before the size doubles.
+const PARTS_PER_STEP: u32 = 900;
+
+/// The size of part `number` (1-based) of an object whose first parts have `base` bytes.
+///
+/// A stream's length is unknown in advance, so part sizes grow: the first 900 parts have the
+/// base size, each following 900 twice the size of the previous 900 (capped at 5 GiB).
+/// Whatever the base (at least 5 MiB), 10,000 parts then hold more than S3's 5 TiB object
+/// limit, while an object of a few GiB never holds more than a few parts of the base size in
+/// memory.
+pub fn part_size(base: u64, number: u32) -> u64 {
+    let step = number.saturating_sub(1) / PARTS_PER_STEP;
+    base.max(MIN_PART)
+        .checked_shl(step)
+        .unwrap_or(MAX_PART)
+        .min(MAX_PART)
+}
+
 /// How an [`ObjectWriter`] cuts and sends its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterOptions {
-    /// Bytes per part (at least [`WriterOptions::MIN_PART_SIZE`]); every 1,000 parts it
-    /// doubles, so an object can grow past the 10,000-part limit.
+    /// Bytes of the first parts (at least 5 MiB); later parts grow, see [`part_size`].
     pub part_size: usize,
     /// Parts uploading at once while writing goes on. Memory is bounded by
-    /// `part_size * (parallel_parts + 1)`.
+    /// `part_size * (parallel_parts + 1)` for objects of up to 900 parts.
     pub parallel_parts: usize,
+    /// Whether each part carries its SigV4 payload hash. An object whose SHA-256 is recorded
+    /// and checked end to end (a backup) skips it: hashing every part again only to sign it
+    /// costs a second pass over the bytes here and another in the server.
+    pub sign_payload: bool,
 }
 
 impl WriterOptions {
-    /// The smallest part S3 accepts (but for the last).
-    pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
-    /// 8 MiB parts, two in flight: about 24 MiB of buffers.
+    /// 8 MiB parts, two in flight, signed: about 24 MiB of buffers.
     pub const DEFAULT: Self = Self {
         part_size: 8 * 1024 * 1024,
         parallel_parts: 2,
+        sign_payload: true,
     };
+}
+
+/// What [`ObjectWriter::finish`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uploaded {
+    /// The object's size in bytes.
+    pub bytes: u64,
+    /// Parts of its multipart upload (0 for an object sent with one `PutObject`).
+    pub parts: u32,
 }
 
 impl Default for WriterOptions {
@@ -451,8 +486,8 @@ impl ObjectWriter {
     /// [`ObjectWriter::start`]).
     pub fn new(client: Client, bucket: &str, key: &str, options: WriterOptions) -> Self {
         let options = WriterOptions {
-            part_size: options.part_size.max(WriterOptions::MIN_PART_SIZE),
             parallel_parts: options.parallel_parts.max(1),
+            ..options
         };
         Self {
             client,
@@ -515,10 +550,8 @@ impl ObjectWriter {
     }
 
     fn part_size(&self) -> usize {
-        let doublings = u32::try_from((self.next_part - 1) / 1000)
-            .unwrap_or(0)
-            .min(10);
-        self.options.part_size.saturating_mul(1 << doublings)
+        let number = u32::try_from(self.next_part).unwrap_or(u32::MAX);
+        usize::try_from(part_size(self.options.part_size as u64, number)).unwrap_or(usize::MAX)
     }
 
     /// Appends `data`, uploading every part that fills up; waits when enough parts are in
@@ -544,6 +577,13 @@ impl ObjectWriter {
 
     async fn send_part(&mut self, part: Bytes) -> Result<(), TransferError> {
         let upload_id = self.start().await?;
+        if u32::try_from(self.next_part).unwrap_or(u32::MAX) > MAX_PARTS {
+            return Err(TransferError::other(
+                "uploading a part",
+                format!("the object needs more than S3's {MAX_PARTS} parts"),
+                false,
+            ));
+        }
         while self.in_flight.len() >= self.options.parallel_parts {
             self.wait_oldest().await?;
         }
@@ -552,17 +592,23 @@ impl ObjectWriter {
         let client = self.client.clone();
         let bucket = self.bucket.clone();
         let key = self.key.clone();
+        let sign_payload = self.options.sign_payload;
         self.in_flight.push_back(tokio::spawn(async move {
-            let uploaded = client
+            let length = part.len() as i64;
+            let request = client
                 .upload_part()
                 .bucket(bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(number)
-                .body(ByteStream::from(part))
-                .send()
-                .await
-                .map_err(|e| TransferError::from_sdk("uploading a part", &e))?;
+                .content_length(length)
+                .body(ByteStream::from(part));
+            let sent = if sign_payload {
+                request.send().await
+            } else {
+                request.customize().disable_payload_signing().send().await
+            };
+            let uploaded = sent.map_err(|e| TransferError::from_sdk("uploading a part", &e))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(uploaded.e_tag().map(str::to_owned))
@@ -582,11 +628,13 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// Sends what is left and completes the object; returns its size. On failure the upload
-    /// is aborted.
-    pub async fn finish(mut self) -> Result<u64, TransferError> {
+    /// Sends what is left and completes the object. On failure the upload is aborted.
+    pub async fn finish(mut self) -> Result<Uploaded, TransferError> {
         match self.complete().await {
-            Ok(()) => Ok(self.written),
+            Ok(()) => Ok(Uploaded {
+                bytes: self.written,
+                parts: u32::try_from(self.next_part - 1).unwrap_or(u32::MAX),
+            }),
             Err(error) => {
                 self.abort_upload().await;
                 Err(error)
@@ -832,5 +880,28 @@ mod tests {
             "a%20b/c%2Bd/%C3%A9.png"
         );
         assert_eq!(percent_encode_key("avatars/7/x-y_z.~"), "avatars/7/x-y_z.~");
+    }
+
+    #[test]
+    fn part_sizes_start_at_the_configured_size_and_double_every_900_parts() {
+        let base = 8 << 20;
+        assert_eq!(part_size(base, 1), base);
+        assert_eq!(part_size(base, 900), base);
+        assert_eq!(part_size(base, 901), 2 * base);
+        assert_eq!(part_size(base, 1_801), 4 * base);
+        assert_eq!(part_size(1, 1), MIN_PART, "never below S3's minimum");
+    }
+
+    #[test]
+    fn ten_thousand_parts_hold_more_than_the_largest_s3_object_and_no_part_is_too_big() {
+        for base in [MIN_PART, 8 << 20, 64 << 20, 1 << 30] {
+            let mut total = 0u64;
+            for number in 1..=MAX_PARTS {
+                let size = part_size(base, number);
+                assert!(size <= MAX_PART, "part {number} of base {base}: {size}");
+                total += size;
+            }
+            assert!(total >= 5 << 40, "base {base}: only {total} bytes");
+        }
     }
 }

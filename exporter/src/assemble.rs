@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 use chrono::Utc;
 use lethe_common::datamap::DataMap;
@@ -38,18 +37,16 @@ use crate::readme::{self, StoreText};
 use crate::staging::{self, Fragment};
 
 /// The archive's parts: 8 MiB, four in flight while the next one fills. The S3 service hashes
-/// and writes each part on its own (s3s-fs: one core per request), so parts in flight are what
+/// and writes each part on its own , so parts in flight are what
 /// lets it use more than one core; 40 MiB of parts is the bulk of the exporter's memory.
 const ARCHIVE_WRITER: WriterOptions = WriterOptions {
     part_size: 8 * 1024 * 1024,
     parallel_parts: 4,
+    sign_payload: true,
 };
 /// Chunks waiting for the zip writer, and for the uploader.
 const INPUT_CHUNKS: usize = 8;
 const OUTPUT_CHUNKS: usize = 4;
-/// Keys one `DeleteObjects` request takes.
-const DELETE_BATCH: usize = 1_000;
-
 /// The multipart upload a running assemble records, so the next run can abort it if this one
 /// dies.
 #[derive(Debug, Serialize, Deserialize)]
@@ -283,41 +280,9 @@ impl Assembler<'_> {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), TaskError> {
-        for batch in keys.chunks(DELETE_BATCH) {
-            let objects = batch
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| TaskError::Permanent {
-                    code: "internal",
-                    reason: "cannot build a delete request".to_owned(),
-                })?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|_| TaskError::Permanent {
-                    code: "internal",
-                    reason: "cannot build a delete request".to_owned(),
-                })?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(self.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| fail(TransferError::from_sdk("removing the staging area", &e)))?;
-            if let Some(first) = out.errors().first() {
-                return Err(TaskError::Transient(anyhow::anyhow!(
-                    "removing the staging area: {} of {} objects not deleted ({})",
-                    out.errors().len(),
-                    batch.len(),
-                    first.code().unwrap_or("unknown error")
-                )));
-            }
-        }
-        Ok(())
+        lethe_common::s3::delete_keys(self.client, self.bucket, keys)
+            .await
+            .map_err(fail)
     }
 
     /// Writes the archive and completes its upload.
@@ -400,7 +365,7 @@ impl Assembler<'_> {
                 return Err(error);
             }
         };
-        let uploaded = writer.finish().await.map_err(fail)?;
+        let uploaded = writer.finish().await.map_err(fail)?.bytes;
         if uploaded != summary.bytes {
             return Err(TaskError::Transient(anyhow::anyhow!(
                 "the archive uploaded has {uploaded} bytes, {} were written",

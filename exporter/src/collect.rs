@@ -17,6 +17,7 @@ use crate::staging::{self, Fragment, Names, StagedCollection, StagedFile};
 const STAGING_WRITER: WriterOptions = WriterOptions {
     part_size: 8 * 1024 * 1024,
     parallel_parts: 1,
+    sign_payload: true,
 };
 
 /// Server-side copies of a store's objects in flight at once: the S3 service does the work, so
@@ -312,6 +313,10 @@ impl StagingSink {
                 return Err(self.fail(error));
             }
         }
-        writer.finish().await.map_err(|e| self.fail(e))
+        writer
+            .finish()
+            .await
+            .map(|uploaded| uploaded.bytes)
+            .map_err(|e| self.fail(e))
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::try_join4;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -315,37 +314,12 @@ pub async fn list_keys(
 /// Deletes every object under `prefix` in `bucket` (1,000 per request); returns how many.
 pub async fn delete_prefix(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<u64> {
     let keys = list_keys(client, bucket, prefix).await?;
-    for batch in keys.chunks(1000) {
-        let objects = batch
-            .iter()
-            .map(|k| ObjectIdentifier::builder().key(k).build())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .store("files", "building a delete request")?;
-        let delete = Delete::builder()
-            .set_objects(Some(objects))
-            .quiet(true)
-            .build()
-            .store("files", "building a delete request")?;
-        let out = client
-            .delete_objects()
-            .bucket(bucket)
-            .delete(delete)
-            .send()
-            .await
-            .store("files", "deleting objects")?;
-        if let Some(e) = out.errors().first() {
-            return Err(crate::Error::Store {
-                store: "files",
-                action: "deleting objects",
-                source: format!(
-                    "{} of {} objects not deleted: {}",
-                    out.errors().len(),
-                    batch.len(),
-                    e.code().unwrap_or("unknown error")
-                )
-                .into(),
-            });
-        }
-    }
+    lethe_common::s3::delete_keys(client, bucket, &keys)
+        .await
+        .map_err(|failure| crate::Error::Store {
+            store: "files",
+            action: "deleting objects",
+            source: failure.detail.into(),
+        })?;
     Ok(keys.len() as u64)
 }

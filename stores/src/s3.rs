@@ -4,18 +4,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use lethe_common::datamap::S3Store;
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskReport};
+use lethe_common::s3::TransferError;
 use lethe_common::worker::TaskError;
 
 use crate::connector::{CollectSink, SourceObject};
 use crate::values::{MAX_VALUES, render_all, still_holds, too_many};
-
-/// The most keys one `DeleteObjects` request takes.
-const DELETE_BATCH: usize = 1_000;
 
 /// An S3 bucket.
 pub(crate) struct S3Connector {
@@ -36,15 +33,21 @@ impl S3Connector {
     /// Classifies an SDK error by its kind, HTTP status and S3 error code only: the request
     /// (and so a message quoting it) holds the subject's prefix.
     fn error<E: ProvideErrorMetadata, R>(&self, action: &str, error: &SdkError<E, R>) -> TaskError {
+        let failure = TransferError::from_sdk("S3 request", error);
+        let construction = matches!(error, SdkError::ConstructionFailure(_));
+        self.failure(action, failure, construction)
+    }
+
+    /// A failed S3 call as a task error: transient if trying again may succeed.
+    fn failure(&self, action: &str, failure: TransferError, construction: bool) -> TaskError {
         let place = format!(
             "store `{}`, bucket `{}`: {action} failed",
             self.store, self.spec.bucket
         );
-        let failure = lethe_common::s3::TransferError::from_sdk("S3 request", error);
         if failure.retryable {
             TaskError::Transient(anyhow::anyhow!("{}", failure.detail).context(place))
         } else {
-            let code = if matches!(error, SdkError::ConstructionFailure(_)) {
+            let code = if construction {
                 "store_config"
             } else {
                 "store_error"
@@ -89,43 +92,9 @@ impl S3Connector {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), TaskError> {
-        for batch in keys.chunks(DELETE_BATCH) {
-            let objects = batch
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| TaskError::Permanent {
-                    code: "store_error",
-                    reason: format!("store `{}`: cannot build a delete request", self.store),
-                })?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|_| TaskError::Permanent {
-                    code: "store_error",
-                    reason: format!("store `{}`: cannot build a delete request", self.store),
-                })?;
-            let out = self
-                .client
-                .delete_objects()
-                .bucket(&self.spec.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| self.error("deleting objects", &e))?;
-            if let Some(first) = out.errors().first() {
-                return Err(TaskError::Transient(anyhow::anyhow!(
-                    "store `{}`, bucket `{}`: {} of {} objects not deleted ({})",
-                    self.store,
-                    self.spec.bucket,
-                    out.errors().len(),
-                    batch.len(),
-                    first.code().unwrap_or("unknown error")
-                )));
-            }
-        }
-        Ok(())
+        lethe_common::s3::delete_keys(&self.client, &self.spec.bucket, keys)
+            .await
+            .map_err(|failure| self.failure("deleting objects", failure, false))
     }
 
     /// Hands every object under the subject's prefixes to `sink`, each once (prefixes of
