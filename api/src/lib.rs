@@ -173,13 +173,13 @@ impl App {
             self.state.outbox.clone(),
         )
         .with_export_ttl(self.settings.api.export_ttl);
-        let concurrency = self.settings.api.coordinator_concurrency;
+        let results =
+            coordinator.results_loop(self.consumer, self.publisher.clone(), &self.settings);
         let stop = background.clone();
-        let consumer = self.consumer;
         tasks.spawn(async move {
-            coordinator
-                .run(consumer, concurrency, stop, RunMode::UntilShutdown)
-                .await
+            if let Err(error) = results.run(stop, RunMode::UntilShutdown).await {
+                tracing::error!(error = %error, "the coordinator stopped");
+            }
         });
         let relay = outbox::Relay::new(
             self.state.pool.clone(),
