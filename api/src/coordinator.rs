@@ -17,7 +17,7 @@ use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::model::{RequestKind, RequestStatus};
+use crate::model::{RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, Planner};
 use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
@@ -101,7 +101,7 @@ impl Coordinator {
             return Ok(Applied::Ignored);
         };
         let store = store_key(result.store.as_ref());
-        let task: Option<(String, i32)> = sqlx::query_as(
+        let task: Option<(TaskStatus, i32)> = sqlx::query_as(
             "SELECT status, generation FROM task WHERE request_id = $1 AND kind = $2 AND store = $3",
         )
         .bind(result.request_id)
@@ -109,8 +109,8 @@ impl Coordinator {
         .bind(&store)
         .fetch_optional(&mut *tx)
         .await?;
-        let current = matches!(&task, Some((status, generation))
-            if status == "queued" && i64::from(*generation) == i64::from(result.generation));
+        let current = matches!(task, Some((TaskStatus::Queued, generation))
+            if i64::from(generation) == i64::from(result.generation));
         if !current {
             return Ok(Applied::Ignored);
         }
