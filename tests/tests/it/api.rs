@@ -851,3 +851,22 @@ async fn a_ledger_status_this_version_does_not_know_is_answered_with_an_error_no
     assert_eq!(stored, "archived", "the failed cancel changed nothing");
     api.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_key_holding_a_scope_this_version_does_not_know_gets_an_error_not_fewer_rights() {
+    let services = Services::from_env();
+    let api = ApiUnderTest::start(&services).await.unwrap();
+    let key = api.key("acme", &[Scope::RequestsRead]).await.unwrap();
+    let (before, _) = api.get(&key, "/v1/requests").await.unwrap();
+    sqlx::query("UPDATE api_key SET scopes = array_append(scopes, 'requests:purge')")
+        .execute(&api.pool)
+        .await
+        .unwrap();
+
+    let (after, body) = api.get(&key, "/v1/requests").await.unwrap();
+
+    assert_eq!(before, 200);
+    assert_eq!(after, 500, "{body}");
+    assert_eq!(body["code"], "internal", "{body}");
+    api.stop().await.unwrap();
+}
