@@ -81,7 +81,8 @@ impl Coordinator {
                 drain_timeout: settings.api.drain_timeout,
                 max_deliver: settings.nats.max_deliver,
                 ack_wait: settings.nats.ack_wait,
-                // A request's next phase waits for its results: pull again promptly.
+                // How long one pull stays open; a result that arrives meanwhile is applied
+                // at once, not when the pull ends, since a request's next phase waits for it.
                 poll: Duration::from_secs(1),
             },
         )
