@@ -7,22 +7,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::Utc;
-use futures::StreamExt;
+use lethe_common::config::NatsSettings;
 use lethe_common::messages::{Event, Identities, TaskKind, TaskOutcome, TaskResult};
-use lethe_common::nats::{Names, Traceparent};
-use lethe_common::worker::RunMode;
+use lethe_common::nats::{Durable, Names, Publisher, Traceparent};
+use lethe_common::worker::{Consume, Delivery, LoopSettings, Settle, WorkerLoop};
 use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio_util::sync::CancellationToken;
 
-use crate::model::{RequestKind, RequestStatus};
+use crate::model::{RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, Planner};
 use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
+use crate::settings::ApiSettings;
 
 /// Applies results to the ledger.
 #[derive(Clone)]
@@ -61,83 +60,34 @@ impl Coordinator {
         self
     }
 
-    /// Consumes results until `shutdown` (or idleness), applying up to `concurrency` at once.
-    pub async fn run(
-        &self,
-        mut consumer: PullConsumer,
-        concurrency: usize,
-        shutdown: CancellationToken,
-        mode: RunMode,
-    ) {
-        let poll = match mode {
-            RunMode::UntilShutdown => Duration::from_secs(1),
-            RunMode::UntilIdle => Duration::from_millis(200),
-        };
-        while !shutdown.is_cancelled() {
-            let batch = consumer
-                .batch()
-                .max_messages(concurrency.max(1) * 4)
-                .expires(poll)
-                .messages()
-                .await;
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::warn!(error = %error, "cannot pull results; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {},
-                        () = shutdown.cancelled() => {},
-                    }
-                    continue;
-                }
-            };
-            // Apply results as they arrive rather than when the pull completes: a pull waits
-            // until it is full or expires, and a request's next phase waits for its result.
-            let received = std::sync::atomic::AtomicUsize::new(0);
-            batch
-                .for_each_concurrent(concurrency.max(1), |message| {
-                    let received = &received;
-                    async move {
-                        match message {
-                            Ok(message) => {
-                                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                self.consume(message).await;
-                            }
-                            Err(error) => tracing::warn!(error = %error, "result pull interrupted"),
-                        }
-                    }
-                })
-                .await;
-            if received.into_inner() == 0 && mode == RunMode::UntilIdle {
-                match consumer.info().await {
-                    Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => return,
-                    _ => continue,
-                }
-            }
-        }
-    }
-
-    async fn consume(&self, message: async_nats::jetstream::Message) {
-        let ack = match serde_json::from_slice::<TaskResult>(&message.payload) {
-            Ok(result) => match self.apply(&result).await {
-                Ok(_) => AckKind::Ack,
-                Err(error) => {
-                    tracing::warn!(request.id = %result.request_id, error = %format!("{error:#}"), "cannot apply a result; retrying");
-                    AckKind::Nak(Some(Duration::from_secs(1)))
-                }
+    /// The loop that applies the results `consumer` delivers, up to `api.coordinator_concurrency`
+    /// at once. It is the workers' loop: a result is acknowledged only once its ledger
+    /// transaction committed, a passing failure is retried with backoff, and a result that
+    /// cannot be decoded (or applied within `max_deliver` deliveries) is moved to the
+    /// dead-letter stream rather than dropped.
+    pub fn results_loop(
+        self,
+        consumer: PullConsumer,
+        publisher: Publisher,
+        nats: &NatsSettings,
+        api: &ApiSettings,
+    ) -> WorkerLoop<Self> {
+        let name = self.names.durable_name(&Durable::Coordinator);
+        WorkerLoop::new(
+            name,
+            consumer,
+            Arc::new(self),
+            publisher,
+            LoopSettings {
+                concurrency: api.coordinator_concurrency.max(1),
+                drain_timeout: api.drain_timeout,
+                max_deliver: nats.max_deliver,
+                ack_wait: nats.ack_wait,
+                // How long one pull stays open; a result that arrives meanwhile is applied
+                // at once, not when the pull ends, since a request's next phase waits for it.
+                poll: Duration::from_secs(1),
             },
-            Err(_) => {
-                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-                tracing::error!(
-                    stream.sequence = sequence,
-                    "undecodable result; dropping it"
-                );
-                AckKind::Term
-            }
-        };
-        if let Err(error) = message.ack_with(ack).await {
-            tracing::warn!(error = %error, "cannot acknowledge a result");
-        }
+        )
     }
 
     /// Records `result` and moves its request on.
@@ -154,7 +104,7 @@ impl Coordinator {
             return Ok(Applied::Ignored);
         };
         let store = store_key(result.store.as_ref());
-        let task: Option<(String, i32)> = sqlx::query_as(
+        let task: Option<(TaskStatus, i32)> = sqlx::query_as(
             "SELECT status, generation FROM task WHERE request_id = $1 AND kind = $2 AND store = $3",
         )
         .bind(result.request_id)
@@ -162,8 +112,8 @@ impl Coordinator {
         .bind(&store)
         .fetch_optional(&mut *tx)
         .await?;
-        let current = matches!(&task, Some((status, generation))
-            if status == "queued" && i64::from(*generation) == i64::from(result.generation));
+        let current = matches!(task, Some((TaskStatus::Queued, generation))
+            if i64::from(generation) == i64::from(result.generation));
         if !current {
             return Ok(Applied::Ignored);
         }
@@ -460,6 +410,24 @@ impl Coordinator {
         }
         metrics::counter!("lethe_requests_total", "kind" => request.kind().as_str(), "status" => status.as_str()).increment(1);
         Ok(())
+    }
+}
+
+/// The coordinator consumes results: each is applied in its own ledger transaction, which has
+/// committed by the time the loop acknowledges the result.
+impl Consume for Coordinator {
+    type Message = TaskResult;
+
+    async fn consume(&self, result: TaskResult, _delivery: &Delivery<'_>) -> Settle {
+        match self.apply(&result).await {
+            Ok(Applied::Recorded) => Settle::Ack { outcome: "applied" },
+            Ok(Applied::Ignored) => Settle::Ack { outcome: "ignored" },
+            Err(error) => Settle::Retry {
+                outcome: "retry",
+                error: error.context("cannot apply the result"),
+                after: None,
+            },
+        }
     }
 }
 

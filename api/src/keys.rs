@@ -180,10 +180,16 @@ pub async fn authenticate(pool: &PgPool, secret: &str) -> sqlx::Result<Option<Pr
     if !constant_time_eq(&stored, &digest(secret)) {
         return Ok(None);
     }
+    // A scope this version does not know fails the check instead of being dropped unseen.
+    let scopes = scopes
+        .iter()
+        .map(|s| s.parse::<Scope>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| sqlx::Error::Decode(error.into()))?;
     Ok(Some(Principal {
         key_id,
         tenant_id,
-        scopes: scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+        scopes,
     }))
 }
 

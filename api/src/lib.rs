@@ -28,6 +28,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lethe_common::config::NatsSettings;
 use lethe_common::datamap::DataMap;
 use lethe_common::nats::{self, ConsumerSpec, Durable, Names, Publisher};
 use lethe_common::ops::{self, Readiness};
@@ -93,6 +94,7 @@ impl FromRef<AppState> for BodyLimit {
 pub struct App {
     state: AppState,
     api: ApiSettings,
+    nats: NatsSettings,
     publisher: Publisher,
     consumer: PullConsumer,
     listener: TcpListener,
@@ -147,6 +149,7 @@ impl App {
                 incidents,
             },
             api,
+            nats: settings.nats.clone(),
             publisher,
             consumer,
             listener,
@@ -176,13 +179,13 @@ impl App {
             self.state.outbox.clone(),
         )
         .with_export_ttl(self.api.export_ttl);
-        let concurrency = self.api.coordinator_concurrency;
+        let results =
+            coordinator.results_loop(self.consumer, self.publisher.clone(), &self.nats, &self.api);
         let stop = background.clone();
-        let consumer = self.consumer;
         tasks.spawn(async move {
-            coordinator
-                .run(consumer, concurrency, stop, RunMode::UntilShutdown)
-                .await
+            if let Err(error) = results.run(stop, RunMode::UntilShutdown).await {
+                tracing::error!(error = %error, "the coordinator stopped");
+            }
         });
         let relay = outbox::Relay::new(
             self.state.pool.clone(),

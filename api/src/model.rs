@@ -1,9 +1,11 @@
 //! The API's vocabulary: kinds and statuses of requests, and the JSON shapes clients see.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use lethe_common::ids::RequestId;
+use lethe_common::messages::UnknownName;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -43,12 +45,18 @@ impl RequestKind {
             RequestKind::LiftObjection => "lift_objection",
         }
     }
+}
 
-    /// Parses a ledger value.
-    pub fn parse(text: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
+impl FromStr for RequestKind {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .map_err(|_| UnknownName::new("request kind", text))
     }
 }
+
+lethe_common::ledger_text!(RequestKind);
 
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -84,11 +92,6 @@ impl RequestStatus {
         }
     }
 
-    /// Parses a ledger value.
-    pub fn parse(text: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(text.to_owned())).ok()
-    }
-
     /// Whether nothing more will happen to the request.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -100,6 +103,57 @@ impl RequestStatus {
         )
     }
 }
+
+impl FromStr for RequestStatus {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .map_err(|_| UnknownName::new("request status", text))
+    }
+}
+
+lethe_common::ledger_text!(RequestStatus);
+
+/// Where one task of a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Planned, not yet issued.
+    Pending,
+    /// Issued to the workers; waits for its result.
+    Queued,
+    /// The store confirmed.
+    Done,
+    /// The store could not do it; see `error`.
+    Failed,
+    /// Its request ended before it ran.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// The name in the API and the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Done => "done",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .map_err(|_| UnknownName::new("task status", text))
+    }
+}
+
+lethe_common::ledger_text!(TaskStatus);
 
 /// The body of `POST /v1/requests`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]

@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::str::FromStr;
 
 use lethe_common::datamap::{DataMap, Store};
 use lethe_common::ids::StoreName;
-use lethe_common::messages::{Identities, TaskKind};
+use lethe_common::messages::{Identities, TaskKind, UnknownName};
 
 use crate::model::RequestKind;
 
@@ -42,19 +43,24 @@ impl Phase {
             Phase::Done => "done",
         }
     }
+}
 
-    /// Parses a ledger value.
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
+impl FromStr for Phase {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
             "resolve" => Phase::Resolve,
             "act" => Phase::Act,
             "act_last" => Phase::ActLast,
             "finalize" => Phase::Finalize,
             "done" => Phase::Done,
-            _ => return None,
+            _ => return Err(UnknownName::new("phase", text)),
         })
     }
 }
+
+lethe_common::ledger_text!(Phase);
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

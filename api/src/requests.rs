@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use lethe_common::ids::{RequestId, TenantId};
-use lethe_common::messages::{Event, Identities, TaskMessage};
+use lethe_common::messages::{Event, Identities, TaskKind, TaskMessage};
 use lethe_common::nats::{Names, Traceparent};
 use lethe_common::privacy::IdentityHasher;
 use serde_json::json;
@@ -15,7 +15,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::deadlines;
 use crate::error::ApiError;
-use crate::model::{Accepted, RequestKind, RequestStatus};
+use crate::model::{Accepted, RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, PlannedTask, Planner};
 use crate::validate::ValidRequest;
@@ -27,12 +27,13 @@ pub struct RequestRow {
     pub id: RequestId,
     /// Tenant.
     pub tenant_id: TenantId,
-    /// Kind (ledger text).
-    pub kind: String,
-    /// Status (ledger text).
-    pub status: String,
-    /// Phase (ledger text).
-    pub phase: String,
+    /// Kind. Like status and phase, a ledger value this version does not know fails the read
+    /// rather than passing for another.
+    pub kind: RequestKind,
+    /// Status.
+    pub status: RequestStatus,
+    /// Phase.
+    pub phase: Phase,
     /// Identities, until minimised.
     pub identities: Option<Json<Identities>>,
     /// Keyed hash of the identities.
@@ -60,19 +61,19 @@ pub struct RequestRow {
 }
 
 impl RequestRow {
-    /// The kind, parsed.
+    /// The kind.
     pub fn kind(&self) -> RequestKind {
-        RequestKind::parse(&self.kind).unwrap_or(RequestKind::Access)
+        self.kind
     }
 
-    /// The status, parsed.
+    /// The status.
     pub fn status(&self) -> RequestStatus {
-        RequestStatus::parse(&self.status).unwrap_or(RequestStatus::Failed)
+        self.status
     }
 
-    /// The phase, parsed.
+    /// The phase.
     pub fn phase(&self) -> Phase {
-        Phase::parse(&self.phase).unwrap_or(Phase::Done)
+        self.phase
     }
 
     /// The answer clients get for it.
@@ -414,11 +415,11 @@ pub struct TaskRow {
     /// Store (`all` for assemble).
     pub store: String,
     /// Kind.
-    pub kind: String,
+    pub kind: TaskKind,
     /// Phase.
-    pub phase: String,
+    pub phase: Phase,
     /// Status.
-    pub status: String,
+    pub status: TaskStatus,
     /// Deliveries the worker reported.
     pub attempts: i32,
     /// Counts by collection.

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use lethe_common::ids::RequestId;
+use lethe_common::messages::TaskKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -181,9 +182,9 @@ impl From<TaskRow> for TaskView {
     fn from(row: TaskRow) -> Self {
         Self {
             store: row.store,
-            task: row.kind,
-            phase: row.phase,
-            status: row.status,
+            task: row.kind.as_str().to_owned(),
+            phase: row.phase.as_str().to_owned(),
+            status: row.status.as_str().to_owned(),
             attempts: row.attempts,
             counts: row.counts.0,
             remaining: row.remaining,
@@ -224,7 +225,7 @@ pub async fn show(
         id: row.id,
         kind: row.kind(),
         status: row.status(),
-        phase: row.phase.clone(),
+        phase: row.phase().as_str().to_owned(),
         identities: row
             .identities
             .as_ref()
@@ -493,10 +494,10 @@ pub async fn receipt(
         completed_at: row.completed_at,
         stores: tasks
             .into_iter()
-            .filter(|t| t.kind == "erase")
+            .filter(|t| t.kind == TaskKind::Erase)
             .map(|t| ReceiptStore {
                 store: t.store,
-                task: t.kind,
+                task: t.kind.as_str().to_owned(),
                 counts: t.counts.0,
                 remaining: t.remaining,
                 finished_at: t.finished_at,

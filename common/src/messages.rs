@@ -84,6 +84,77 @@ impl TaskKind {
     }
 }
 
+impl std::str::FromStr for TaskKind {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        TaskKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| UnknownName::new("task kind", text))
+    }
+}
+
+crate::ledger_text!(TaskKind);
+
+/// A name that no variant of an enumeration has (a status or kind read from the ledger, say).
+/// It is an error rather than read as some other variant: a state Lethe does not know is never
+/// taken for one it does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{name}`")]
+pub struct UnknownName {
+    /// What was being read (`request status`, ...).
+    pub what: &'static str,
+    /// The name found: an enumeration's value, never an identifier (cut short if long).
+    pub name: String,
+}
+
+impl UnknownName {
+    /// `name` is not a `what`.
+    pub fn new(what: &'static str, name: &str) -> Self {
+        Self {
+            what,
+            name: name.chars().take(40).collect(),
+        }
+    }
+}
+
+/// Stores an enumeration as its name in a PostgreSQL `text` column: encodes with `as_str`,
+/// decodes with `FromStr`, so a name the enumeration does not know fails the read (sqlx's
+/// `ColumnDecode` error) instead of turning into a default.
+#[macro_export]
+macro_rules! ledger_text {
+    ($type:ty) => {
+        impl ::sqlx::Type<::sqlx::Postgres> for $type {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $type {
+            fn decode(
+                value: ::sqlx::postgres::PgValueRef<'r>,
+            ) -> ::std::result::Result<Self, ::sqlx::error::BoxDynError> {
+                let text = <&str as ::sqlx::Decode<'r, ::sqlx::Postgres>>::decode(value)?;
+                Ok(text.parse::<$type>()?)
+            }
+        }
+
+        impl ::sqlx::Encode<'_, ::sqlx::Postgres> for $type {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> ::std::result::Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<'_, ::sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+    };
+}
+
 impl std::fmt::Display for TaskKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -1,13 +1,18 @@
-//! The subscription loop every worker shares: pull tasks from a durable consumer, hand each to
-//! a [`Handler`], and map its outcome onto JetStream acknowledgements.
+//! The subscription loop every consumer of Lethe's work queues shares: pull messages from a
+//! durable consumer, decode each into its [`Consume`]r's message type, hand it over, and map
+//! the [`Settle`] it answers onto JetStream acknowledgements. The workers consume tasks (any
+//! [`Handler`] is a [`Consume`]r that publishes the task's result); the coordinator consumes
+//! results (it applies them to the ledger).
 //!
 //! The rules it enforces:
-//! - a task is acknowledged only after the handler returned (the store committed) **and** its
-//!   result was stored on the results stream; a crash anywhere before leaves the task
-//!   unacknowledged, so JetStream delivers it again (handlers are idempotent);
+//! - a message is acknowledged only after its consumer returned, that is, after what it did is
+//!   durable: for a task, the store committed **and** its result was stored on the results
+//!   stream; for a result, the ledger transaction committed. A crash anywhere before leaves the
+//!   message unacknowledged, so JetStream delivers it again (consumers are idempotent);
 //! - long work keeps its lease with `Progress` heartbeats;
-//! - a passing failure is `Nak`ed with an exponential delay; on the last allowed delivery it is
-//!   reported failed instead, so the coordinator marks the request failed rather than losing it;
+//! - a passing failure is `Nak`ed with an exponential delay; on the last allowed delivery a
+//!   task is reported failed instead, so the coordinator marks the request failed rather than
+//!   losing it, and any other message is copied to the dead-letter stream;
 //! - a task that cannot succeed is reported failed and `Term`inated;
 //! - a message that cannot even be decoded is copied to the dead-letter stream and terminated,
 //!   and the loop goes on;
@@ -23,12 +28,14 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::Utc;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::messages::{TaskMessage, TaskOutcome, TaskReport, TaskResult};
+use crate::ids::{RequestId, StoreName};
+use crate::messages::{TaskKind, TaskMessage, TaskOutcome, TaskReport, TaskResult};
 use crate::nats::{Publisher, TRACEPARENT, Traceparent, retry_delay};
 
 /// Why a task did not finish.
@@ -57,6 +64,99 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<TaskReport, TaskError>> + Send;
 }
 
+/// Consumes one kind of message for the loop: the workers' tasks, the coordinator's results.
+/// Implementations must be idempotent: JetStream delivers a message again whenever its
+/// acknowledgement did not arrive.
+pub trait Consume: Send + Sync + 'static {
+    /// What the messages decode to. A body that does not decode is dead-lettered by the loop
+    /// and never reaches [`Consume::consume`].
+    type Message: DeserializeOwned + Envelope + Send + 'static;
+
+    /// Acts on `message` and says how the loop settles it. Everything that must be durable
+    /// before the acknowledgement (a published result, a committed ledger transaction) is
+    /// done before this returns.
+    fn consume(
+        &self,
+        message: Self::Message,
+        delivery: &Delivery<'_>,
+    ) -> impl Future<Output = Settle> + Send;
+}
+
+/// What the loop reads of every message it consumes, for its span and metrics: ids only,
+/// never identifiers.
+pub trait Envelope {
+    /// The request the message belongs to.
+    fn request_id(&self) -> RequestId;
+    /// The kind of task it is or reports on.
+    fn task_kind(&self) -> TaskKind;
+    /// The store (`None` for assemble).
+    fn store(&self) -> Option<&StoreName>;
+}
+
+impl Envelope for TaskMessage {
+    fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+    fn task_kind(&self) -> TaskKind {
+        self.task
+    }
+    fn store(&self) -> Option<&StoreName> {
+        self.store.as_ref()
+    }
+}
+
+impl Envelope for TaskResult {
+    fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+    fn task_kind(&self) -> TaskKind {
+        self.task
+    }
+    fn store(&self) -> Option<&StoreName> {
+        self.store.as_ref()
+    }
+}
+
+/// One delivery of a message, as the loop hands it to a [`Consume`]r.
+pub struct Delivery<'a> {
+    /// Which delivery this is (1 for the first).
+    pub count: u32,
+    /// Whether JetStream delivers the message no more after this (the consumer's
+    /// `max_deliver`): a [`Settle::Retry`] now would end in the dead-letter stream.
+    pub last: bool,
+    /// The message's trace context.
+    pub trace: Option<Traceparent>,
+    /// For what must be published before the acknowledgement.
+    pub publisher: &'a Publisher,
+}
+
+/// How the loop settles a consumed message with JetStream. `outcome` labels the
+/// `lethe_tasks_total` metric and the log line.
+#[derive(Debug)]
+pub enum Settle {
+    /// Done, durably: `Ack`.
+    Ack {
+        /// Metric label.
+        outcome: &'static str,
+    },
+    /// Must not be delivered again (its failure is recorded elsewhere): `Term`.
+    Term {
+        /// Metric label.
+        outcome: &'static str,
+    },
+    /// A passing failure: `Nak` with `after`, or an exponential backoff by delivery when
+    /// `None`. On the last delivery the loop copies the message to the dead-letter stream
+    /// instead, so it is not lost.
+    Retry {
+        /// Metric label.
+        outcome: &'static str,
+        /// Why, for the log; its outermost context must hold no identifier.
+        error: anyhow::Error,
+        /// A fixed delay instead of the backoff.
+        after: Option<Duration>,
+    },
+}
+
 /// Whether the loop runs until shutdown or returns once the consumer has nothing left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunMode {
@@ -81,7 +181,7 @@ pub struct LoopSettings {
     pub poll: Duration,
 }
 
-/// A consumer, a handler, and the rules above.
+/// A consumer, a [`Consume`]r (for the workers, a [`Handler`]), and the rules above.
 pub struct WorkerLoop<H> {
     name: String,
     consumer: PullConsumer,
@@ -98,7 +198,7 @@ pub struct LoopError {
     source: async_nats::Error,
 }
 
-impl<H: Handler> WorkerLoop<H> {
+impl<H: Consume> WorkerLoop<H> {
     /// A loop named `name` (the durable's name, used in logs and metrics).
     pub fn new(
         name: impl Into<String>,
@@ -226,7 +326,7 @@ struct TaskContext<H> {
     settings: LoopSettings,
 }
 
-impl<H: Handler> TaskContext<H> {
+impl<H: Consume> TaskContext<H> {
     async fn process(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
         let deliveries = message
             .info()
@@ -237,7 +337,7 @@ impl<H: Handler> TaskContext<H> {
             .as_ref()
             .and_then(|h| h.get(TRACEPARENT))
             .and_then(|v| v.as_str().parse::<Traceparent>().ok());
-        let task: TaskMessage = match serde_json::from_slice(&message.payload) {
+        let task: H::Message = match serde_json::from_slice(&message.payload) {
             Ok(task) => task,
             Err(error) => {
                 self.dead_letter(&message, &describe_decode_error(&error))
@@ -248,9 +348,9 @@ impl<H: Handler> TaskContext<H> {
         let span = tracing::info_span!(
             "task",
             consumer = %self.name,
-            request.id = %task.request_id,
-            task.kind = %task.task,
-            task.store = task.store.as_ref().map_or("-", |s| s.as_str()),
+            request.id = %task.request_id(),
+            task.kind = %task.task_kind(),
+            task.store = task.store().map_or("-", |s| s.as_str()),
             delivery = deliveries,
             trace.id = trace.map(|t| t.trace_id()).unwrap_or_default(),
         );
@@ -262,78 +362,52 @@ impl<H: Handler> TaskContext<H> {
     async fn process_task(
         &self,
         message: Message,
-        task: TaskMessage,
+        task: H::Message,
         deliveries: u32,
         trace: Option<Traceparent>,
     ) {
+        let kind = task.task_kind();
         let started = Instant::now();
         // A guard, so the heartbeat also stops when this future is aborted at the drain
         // timeout: otherwise it would hold the lease of an abandoned task forever.
         let heartbeat = heartbeat(&message, self.settings.ack_wait).drop_guard();
-        let outcome = self.handler.handle(task.clone()).await;
+        let delivery = Delivery {
+            count: deliveries,
+            last: i64::from(deliveries) >= self.settings.max_deliver,
+            trace,
+            publisher: &self.publisher,
+        };
+        let settle = self.handler.consume(task, &delivery).await;
         drop(heartbeat);
         let elapsed = started.elapsed();
-        metrics::histogram!("lethe_task_duration_seconds", "consumer" => self.name.clone(), "kind" => task.task.as_str())
+        metrics::histogram!("lethe_task_duration_seconds", "consumer" => self.name.clone(), "kind" => kind.as_str())
             .record(elapsed.as_secs_f64());
 
-        let (result, ack, label) = match outcome {
-            Ok(report) => (Some(TaskOutcome::Done(report)), AckKind::Ack, "done"),
-            Err(TaskError::Permanent { code, reason }) => {
-                tracing::warn!(code, reason = %reason, "task cannot succeed; reporting it failed");
-                (
-                    Some(TaskOutcome::Failed {
-                        code: code.to_owned(),
-                        reason,
-                    }),
-                    AckKind::Term,
-                    "failed",
+        let (ack, label) = match settle {
+            Settle::Ack { outcome } => (AckKind::Ack, outcome),
+            Settle::Term { outcome } => (AckKind::Term, outcome),
+            Settle::Retry { error, .. } if delivery.last => {
+                // JetStream would not deliver it again: keep it where an operator sees it.
+                tracing::error!(error = %format!("{error:#}"), "failed on its last delivery; moving it to the dead-letter stream");
+                self.dead_letter(
+                    &message,
+                    &format!("not settled after {deliveries} deliveries"),
                 )
-            }
-            Err(TaskError::Transient(error)) => {
-                if i64::from(deliveries) >= self.settings.max_deliver {
-                    tracing::error!(error = %format!("{error:#}"), "task failed on its last delivery; reporting it failed");
-                    (
-                        Some(TaskOutcome::Failed {
-                            code: "retries_exhausted".to_owned(),
-                            reason: format!(
-                                "gave up after {deliveries} deliveries: {}",
-                                error_summary(&error)
-                            ),
-                        }),
-                        AckKind::Term,
-                        "failed",
-                    )
-                } else {
-                    let delay = retry_delay(deliveries);
-                    tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "task failed; will retry");
-                    (None, AckKind::Nak(Some(delay)), "retry")
-                }
-            }
-        };
-
-        if let Some(outcome) = result {
-            let result = TaskResult {
-                request_id: task.request_id,
-                task: task.task,
-                store: task.store.clone(),
-                generation: task.generation,
-                outcome,
-                deliveries,
-                finished_at: Utc::now(),
-            };
-            let child = trace.map(|t| t.child());
-            if let Err(error) = self.publisher.result(&result, child.as_ref()).await {
-                // The work is done but nobody knows: leave the task to be delivered again
-                // (the handler is idempotent) rather than acknowledge an unreported result.
-                tracing::warn!(error = %error, "cannot publish the result; the task will be delivered again");
-                self.acknowledge(&message, AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => task.task.as_str(), "outcome" => "unreported").increment(1);
+                .await;
                 return;
             }
-        }
+            Settle::Retry {
+                outcome,
+                error,
+                after,
+            } => {
+                let delay = after.unwrap_or_else(|| retry_delay(deliveries));
+                tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "failed; will retry");
+                (AckKind::Nak(Some(delay)), outcome)
+            }
+        };
         self.acknowledge(&message, ack).await;
-        metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => task.task.as_str(), "outcome" => label).increment(1);
+        metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => kind.as_str(), "outcome" => label).increment(1);
         tracing::info!(
             outcome = label,
             duration_ms = elapsed.as_millis() as u64,
@@ -347,15 +421,15 @@ impl<H: Handler> TaskContext<H> {
         }
     }
 
-    /// Keeps an undecodable message on the dead-letter stream for inspection, then terminates
-    /// it so it stops blocking the queue.
+    /// Keeps a message that cannot be settled (undecodable, or out of deliveries) on the
+    /// dead-letter stream for inspection, then terminates it so it stops blocking the queue.
     async fn dead_letter(&self, message: &Message, reason: &str) {
         let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         tracing::error!(
             consumer = %self.name,
             stream.sequence = sequence,
             reason,
-            "undecodable task; moved to the dead-letter stream"
+            "message moved to the dead-letter stream"
         );
         let names = self.publisher.names();
         let subject = names.dead_subject(&self.name);
@@ -384,6 +458,81 @@ impl<H: Handler> TaskContext<H> {
         }
         metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => "unknown", "outcome" => "dead_lettered").increment(1);
         self.acknowledge(message, AckKind::Term).await;
+    }
+}
+
+/// A worker consumes tasks: it hands each to the [`Handler`], then publishes the task's result
+/// before the loop acknowledges, so a task is never acknowledged with its result unreported.
+impl<H: Handler> Consume for H {
+    type Message = TaskMessage;
+
+    async fn consume(&self, task: TaskMessage, delivery: &Delivery<'_>) -> Settle {
+        let outcome = self.handle(task.clone()).await;
+        let deliveries = delivery.count;
+        let (result, settle) = match outcome {
+            Ok(report) => (
+                Some(TaskOutcome::Done(report)),
+                Settle::Ack { outcome: "done" },
+            ),
+            Err(TaskError::Permanent { code, reason }) => {
+                tracing::warn!(code, reason = %reason, "task cannot succeed; reporting it failed");
+                (
+                    Some(TaskOutcome::Failed {
+                        code: code.to_owned(),
+                        reason,
+                    }),
+                    Settle::Term { outcome: "failed" },
+                )
+            }
+            Err(TaskError::Transient(error)) => {
+                if delivery.last {
+                    tracing::error!(error = %format!("{error:#}"), "task failed on its last delivery; reporting it failed");
+                    (
+                        Some(TaskOutcome::Failed {
+                            code: "retries_exhausted".to_owned(),
+                            reason: format!(
+                                "gave up after {deliveries} deliveries: {}",
+                                error_summary(&error)
+                            ),
+                        }),
+                        Settle::Term { outcome: "failed" },
+                    )
+                } else {
+                    (
+                        None,
+                        Settle::Retry {
+                            outcome: "retry",
+                            error,
+                            after: None,
+                        },
+                    )
+                }
+            }
+        };
+
+        if let Some(outcome) = result {
+            let result = TaskResult {
+                request_id: task.request_id,
+                task: task.task,
+                store: task.store.clone(),
+                generation: task.generation,
+                outcome,
+                deliveries,
+                finished_at: Utc::now(),
+            };
+            let child = delivery.trace.map(|t| t.child());
+            if let Err(error) = delivery.publisher.result(&result, child.as_ref()).await {
+                // The work is done but nobody knows: leave the task to be delivered again
+                // (the handler is idempotent) rather than acknowledge an unreported result.
+                return Settle::Retry {
+                    outcome: "unreported",
+                    error: anyhow::Error::new(error)
+                        .context("cannot publish the result; the task will be delivered again"),
+                    after: Some(Duration::from_secs(1)),
+                };
+            }
+        }
+        settle
     }
 }
 

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::model::Deadlines;
+use super::model::{Deadlines, IncidentStatus};
 use super::store::INFORMED;
 use super::{AUTHORITY_NOTICE_HOURS, TENANT_NOTICE_HOURS};
 
@@ -16,14 +16,14 @@ pub fn due_dates(detected_at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
 }
 
 pub(super) fn deadlines(
-    status: &str,
+    status: IncidentStatus,
     detected_at: DateTime<Utc>,
     authority_notified_at: Option<DateTime<Utc>>,
     uninformed_tenants: bool,
     now: DateTime<Utc>,
 ) -> Deadlines {
     let (tenants_due_at, authority_due_at) = due_dates(detected_at);
-    let open = status != "closed";
+    let open = status != IncidentStatus::Closed;
     Deadlines {
         tenants_due_at,
         authority_due_at,
@@ -58,14 +58,26 @@ mod tests {
     fn deadlines_run_from_detection_and_are_missed_only_while_open() {
         let detected: DateTime<Utc> = "2026-11-01T10:00:00Z".parse().unwrap();
         let later = detected + chrono::Duration::hours(25);
-        let d = deadlines("open", detected, None, true, later);
+        let d = deadlines(IncidentStatus::Open, detected, None, true, later);
         assert_eq!(d.tenants_due_at, detected + chrono::Duration::hours(24));
         assert_eq!(d.authority_due_at, detected + chrono::Duration::hours(72));
         assert!(d.tenants_overdue && !d.authority_overdue);
-        assert!(!deadlines("open", detected, None, false, later).tenants_overdue);
-        assert!(!deadlines("closed", detected, None, true, later).tenants_overdue);
+        assert!(!deadlines(IncidentStatus::Open, detected, None, false, later).tenants_overdue);
+        assert!(!deadlines(IncidentStatus::Closed, detected, None, true, later).tenants_overdue);
         let much_later = detected + chrono::Duration::hours(73);
-        assert!(deadlines("contained", detected, None, false, much_later).authority_overdue);
-        assert!(!deadlines("open", detected, Some(later), false, much_later).authority_overdue);
+        assert!(
+            deadlines(IncidentStatus::Contained, detected, None, false, much_later)
+                .authority_overdue
+        );
+        assert!(
+            !deadlines(
+                IncidentStatus::Open,
+                detected,
+                Some(later),
+                false,
+                much_later
+            )
+            .authority_overdue
+        );
     }
 }

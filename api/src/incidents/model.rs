@@ -10,6 +10,40 @@ use uuid::Uuid;
 
 use crate::requests::AuditRow;
 
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    /// Being handled.
+    Open,
+    /// The breach is stopped; notification may still be due.
+    Contained,
+    /// Handled; takes no more changes, and no deadline runs.
+    Closed,
+}
+
+impl IncidentStatus {
+    /// The name in the API and the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Contained => "contained",
+            IncidentStatus::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for IncidentStatus {
+    type Err = lethe_common::messages::UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .map_err(|_| lethe_common::messages::UnknownName::new("incident status", text))
+    }
+}
+
+lethe_common::ledger_text!(IncidentStatus);
+
 /// The tenants an incident affects: a list of tenant names, or `"all"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AffectedTenants {
@@ -167,7 +201,7 @@ pub struct IncidentView {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     /// open, contained or closed.
-    pub status: String,
+    pub status: IncidentStatus,
     /// When the breach became known.
     pub detected_at: DateTime<Utc>,
     /// What happened.
@@ -210,7 +244,7 @@ pub struct IncidentSummary {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
     /// open, contained or closed.
-    pub status: String,
+    pub status: IncidentStatus,
     /// When the breach became known.
     pub detected_at: DateTime<Utc>,
     /// Deadlines.

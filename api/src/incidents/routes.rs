@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::census::estimate_and_record;
 use super::deadlines::deadlines;
 use super::model::{
-    AffectedTenants, IncidentList, IncidentQuery, IncidentSummary, IncidentUpdate, IncidentView,
-    NewIncident, NotifyResult,
+    AffectedTenants, IncidentList, IncidentQuery, IncidentStatus, IncidentSummary, IncidentUpdate,
+    IncidentView, NewIncident, NotifyResult,
 };
 use super::notify::notify_tenants;
 use super::store::{INFORMED, IncidentRow, audit, fetch, lock};
@@ -226,7 +226,7 @@ pub async fn list(
     #[derive(sqlx::FromRow)]
     struct Row {
         id: Uuid,
-        status: String,
+        status: IncidentStatus,
         detected_at: DateTime<Utc>,
         authority_notified_at: Option<DateTime<Utc>>,
         tenants: i64,
@@ -257,7 +257,7 @@ pub async fn list(
         .into_iter()
         .map(|r| {
             let deadlines = deadlines(
-                &r.status,
+                r.status,
                 r.detected_at,
                 r.authority_notified_at,
                 r.notified < r.tenants,

@@ -9,6 +9,7 @@ use sqlx::types::Json as SqlJson;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::model::IncidentStatus;
 use crate::error::ApiError;
 use crate::requests;
 
@@ -18,7 +19,7 @@ const INCIDENT_COLUMNS: &str = "id, status, detected_at, description, stores, da
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct IncidentRow {
     pub(super) id: Uuid,
-    pub(super) status: String,
+    pub(super) status: IncidentStatus,
     pub(super) detected_at: DateTime<Utc>,
     pub(super) description: String,
     pub(super) stores: Vec<String>,
@@ -34,7 +35,7 @@ pub(super) struct IncidentRow {
 impl IncidentRow {
     /// 409 for a closed incident: it takes no more changes.
     pub(super) fn ensure_open(&self) -> Result<(), ApiError> {
-        if self.status == "closed" {
+        if self.status == IncidentStatus::Closed {
             return Err(ApiError::Conflict {
                 code: "incident_closed",
                 detail: "the incident is closed".to_owned(),

@@ -73,7 +73,7 @@ pub(super) async fn view(
         .iter()
         .any(|t| t.notified_at.is_none() && t.acknowledged_at.is_none());
     let deadlines = deadlines(
-        &row.status,
+        row.status,
         row.detected_at,
         row.authority_notified_at,
         uninformed,

@@ -782,3 +782,91 @@ async fn the_openapi_document_describes_every_route() {
     assert!(document["components"]["schemas"]["NewRequest"].is_object());
     api.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_ledger_status_this_version_does_not_know_is_answered_with_an_error_not_a_wrong_state() {
+    let services = Services::from_env();
+    let api = ApiUnderTest::start(&services).await.unwrap();
+    let key = api.admin_key("acme").await.unwrap();
+    let restriction = json!({"kind": "restriction", "subject": {"user_id": "9"}});
+    let (_, first) = api.post(&key, "/v1/requests", &restriction).await.unwrap();
+    let (_, second) = api.post(&key, "/v1/requests", &restriction).await.unwrap();
+    let request_id = first["id"].as_str().unwrap().to_owned();
+    let task_request_id = second["id"].as_str().unwrap().to_owned();
+    // Statuses this version does not know, as a newer version sharing the ledger could write
+    // them: the request's, and a task's of another request.
+    for statement in [
+        "ALTER TABLE request DROP CONSTRAINT request_status_check",
+        "ALTER TABLE task DROP CONSTRAINT task_status_check",
+    ] {
+        sqlx::query(statement).execute(&api.pool).await.unwrap();
+    }
+    sqlx::query("UPDATE request SET status = 'archived' WHERE id = $1::uuid")
+        .bind(&request_id)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE task SET status = 'paused' WHERE request_id = $1::uuid")
+        .bind(&task_request_id)
+        .execute(&api.pool)
+        .await
+        .unwrap();
+
+    let (shown, view) = api
+        .get(&key, &format!("/v1/requests/{request_id}"))
+        .await
+        .unwrap();
+    let (listed, page) = api.get(&key, "/v1/requests").await.unwrap();
+    let (cancelled, answer) = api
+        .post(
+            &key,
+            &format!("/v1/requests/{request_id}/cancel"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    let (task_shown, task_view) = api
+        .get(&key, &format!("/v1/requests/{task_request_id}"))
+        .await
+        .unwrap();
+
+    for (status, body) in [
+        (shown, &view),
+        (listed, &page),
+        (cancelled, &answer),
+        (task_shown, &task_view),
+    ] {
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["code"], "internal", "{body}");
+        assert_eq!(
+            body["status"], 500,
+            "a problem document, not a request: {body}"
+        );
+    }
+    let stored: String = sqlx::query_scalar("SELECT status FROM request WHERE id = $1::uuid")
+        .bind(&request_id)
+        .fetch_one(&api.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "archived", "the failed cancel changed nothing");
+    api.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_holding_a_scope_this_version_does_not_know_gets_an_error_not_fewer_rights() {
+    let services = Services::from_env();
+    let api = ApiUnderTest::start(&services).await.unwrap();
+    let key = api.key("acme", &[Scope::RequestsRead]).await.unwrap();
+    let (before, _) = api.get(&key, "/v1/requests").await.unwrap();
+    sqlx::query("UPDATE api_key SET scopes = array_append(scopes, 'requests:purge')")
+        .execute(&api.pool)
+        .await
+        .unwrap();
+
+    let (after, body) = api.get(&key, "/v1/requests").await.unwrap();
+
+    assert_eq!(before, 200);
+    assert_eq!(after, 500, "{body}");
+    assert_eq!(body["code"], "internal", "{body}");
+    api.stop().await.unwrap();
+}

@@ -9,6 +9,7 @@ mod backup;
 mod chaos;
 mod config_errors;
 mod contract;
+mod coordinator;
 mod daemons;
 mod deployment;
 mod e2e;
