@@ -153,12 +153,13 @@ impl Target {
         }
     }
 
-    fn url(&self) -> anyhow::Result<SecretString> {
+    /// The URL a `env:NAME` target names, from the credentials of `settings` (given in code
+    /// or the environment).
+    fn url(&self, settings: &Settings) -> anyhow::Result<SecretString> {
         match self {
-            Target::Env(variable) => std::env::var(variable)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .map(SecretString::from)
+            Target::Env(variable) => settings
+                .credentials
+                .get(variable)
                 .ok_or_else(|| anyhow::anyhow!("environment variable {variable} is not set")),
             _ => anyhow::bail!("this target has no URL"),
         }
@@ -506,10 +507,12 @@ fn target_store(
         ),
     };
     let connection = stores::connect(store, &pointed, settings)?;
+    let url = stores::store_url(store, &pointed, settings)?;
     Ok(ServedStore {
         name: store.clone(),
         store: pointed,
         connection,
+        url,
     })
 }
 
@@ -628,7 +631,8 @@ pub async fn restore(
     let mut objects = None;
     let served = match (kind, target) {
         (Kind::Postgres, Target::Env(_)) => {
-            let mut command = tools::postgres(&target.url()?)?.command(&tools.pg_restore);
+            let mut command =
+                tools::postgres(&target.url(&ledger.settings)?)?.command(&tools.pg_restore);
             command.args([
                 "--exit-on-error",
                 "--single-transaction",
@@ -656,7 +660,7 @@ pub async fn restore(
             Some(target_store(&ledger.settings, &map, &store, target)?)
         }
         (Kind::Mysql, Target::Env(_)) => {
-            let (invocation, database) = tools::mysql(&target.url()?)?;
+            let (invocation, database) = tools::mysql(&target.url(&ledger.settings)?)?;
             let mut command = invocation.command(&tools.mariadb);
             command.arg("--binary-mode").arg(database);
             restore_through(

@@ -108,18 +108,12 @@ impl Kind {
     }
 }
 
-/// The URL of a SQL or Redis store, from the variable its data-map entry names.
-pub fn store_url(store: &Store) -> anyhow::Result<SecretString> {
-    let variable = match store {
-        Store::Postgres(sql) | Store::Mysql(sql) => &sql.url_env,
-        Store::Redis(redis) => &redis.url_env,
-        Store::S3(_) => anyhow::bail!("an S3 store has no URL"),
-    };
-    std::env::var(variable)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(SecretString::from)
-        .ok_or_else(|| anyhow::anyhow!("environment variable {variable} is not set"))
+/// The URL of a SQL or Redis store, as it was served.
+fn store_url(served: &ServedStore) -> anyhow::Result<&SecretString> {
+    served
+        .url
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("store `{}` has no URL to dump from", served.name))
 }
 
 /// Starts the dump of `served` into `tx`; the handle returns the dump's size.
@@ -131,13 +125,13 @@ pub fn start(
     let kind = Kind::of(&served.store);
     match kind {
         Kind::Postgres => {
-            let invocation = tools::postgres(&store_url(&served.store)?)?;
+            let invocation = tools::postgres(store_url(served)?)?;
             let mut command = invocation.command(&tools.pg_dump);
             command.args(["--format=custom", "--compress=0", "--no-password"]);
             tools::spawn_source("pg_dump".into(), command, tx)
         }
         Kind::Mysql => {
-            let (invocation, database) = tools::mysql(&store_url(&served.store)?)?;
+            let (invocation, database) = tools::mysql(store_url(served)?)?;
             let mut command = invocation.command(&tools.mariadb_dump);
             command
                 .args([
@@ -153,7 +147,7 @@ pub fn start(
             tools::spawn_source("mariadb-dump".into(), command, tx)
         }
         Kind::Redis => {
-            let invocation = tools::redis(&store_url(&served.store)?)?;
+            let invocation = tools::redis(store_url(served)?)?;
             let mut command = invocation.command(&tools.redis_cli);
             command.args(["--rdb", "-"]);
             tools::spawn_source("redis-cli".into(), command, tx)

@@ -72,8 +72,24 @@ pub struct Settings {
     #[serde(skip)]
     pub credentials: Credentials,
     /// The file and its overrides, for the daemons' own sections.
-    #[serde(skip, default = "Figment::new")]
-    source: Figment,
+    #[serde(skip)]
+    source: Source,
+}
+
+/// The configuration's sources, merged. Its `Debug` names no value: the file holds secrets.
+#[derive(Clone)]
+struct Source(Figment);
+
+impl Default for Source {
+    fn default() -> Self {
+        Source(Figment::new())
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Source(..)")
+    }
 }
 
 /// A daemon's own section of the configuration file (`[api]`, `[retention]`, ...), read with
@@ -366,7 +382,7 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e, None)))?;
-        settings.source = figment;
+        settings.source = Source(figment);
         settings.base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -381,7 +397,7 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e, None)))?;
-        settings.source = figment;
+        settings.source = Source(figment);
         settings.base_dir = PathBuf::from(".");
         settings.validate()?;
         Ok(settings)
@@ -415,8 +431,9 @@ impl Settings {
 
     /// The daemon section `T` (its defaults where the file has none), checked.
     pub fn section<T: Section>(&self) -> Result<T, ConfigError> {
-        let section = if self.source.contains(T::KEY) {
+        let section = if self.source.0.contains(T::KEY) {
             self.source
+                .0
                 .extract_inner::<T>(T::KEY)
                 .map_err(|e| ConfigError::Invalid(describe_figment_error(e, Some(T::KEY))))?
         } else {
@@ -433,7 +450,7 @@ impl Settings {
         key: &'static str,
         default_port: u16,
     ) -> Result<WorkerSettings, ConfigError> {
-        let worker = if self.source.contains(key) {
+        let worker = if self.source.0.contains(key) {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct Partial {
@@ -446,6 +463,7 @@ impl Settings {
             }
             let partial: Partial = self
                 .source
+                .0
                 .extract_inner(key)
                 .map_err(|e| ConfigError::Invalid(describe_figment_error(e, Some(key))))?;
             let defaults = WorkerSettings::with_port(default_port);
@@ -465,10 +483,11 @@ impl Settings {
     /// The value of `key` (a dotted path: `backups.prefix`) if the file or an override sets
     /// it: for the few keys one daemon reads of another's section.
     pub fn value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ConfigError> {
-        if !self.source.contains(key) {
+        if !self.source.0.contains(key) {
             return Ok(None);
         }
         self.source
+            .0
             .extract_inner(key)
             .map(Some)
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e, Some(key))))
@@ -485,7 +504,11 @@ impl Settings {
     /// Sets `key` (a dotted path: `api.listen`) to `value` over what the file says, as an
     /// environment override would: for programs and tests that adjust a loaded configuration.
     pub fn set<V: Serialize>(&mut self, key: &str, value: V) -> &mut Self {
-        self.source = std::mem::take(&mut self.source).merge(Serialized::default(key, value));
+        self.source = Source(
+            std::mem::take(&mut self.source)
+                .0
+                .merge(Serialized::default(key, value)),
+        );
         self
     }
 

@@ -31,9 +31,11 @@ impl App {
     /// then opens (and migrates) the ledger, checks Lethe's bucket, connects to NATS and binds
     /// the `retention` durable consumer.
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
+        // The policies first: a refused policy is the error an operator must see, whatever
+        // else is missing.
+        let plan = Plan::load(settings)?;
         settings.require_ledger()?;
         settings.require_s3()?;
-        let plan = Plan::load(settings)?;
         let drain_timeout = plan.settings.drain_timeout;
         let worker = LedgerWorker::start(
             "retention",

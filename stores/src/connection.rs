@@ -243,6 +243,24 @@ pub struct ServedStore {
     pub store: Store,
     /// Its connection.
     pub connection: StoreConnection,
+    /// The URL of a SQL or Redis store, for the field's own tools (`pg_dump`, `redis-cli`).
+    pub url: Option<SecretString>,
+}
+
+/// The URL of a SQL or Redis store from the credentials of `settings` (none for S3).
+pub fn store_url(
+    name: &StoreName,
+    store: &Store,
+    settings: &Settings,
+) -> Result<Option<SecretString>, StoreError> {
+    match store {
+        Store::Postgres(SqlStore { url_env, .. })
+        | Store::Mysql(SqlStore { url_env, .. })
+        | Store::Redis(RedisStore { url_env, .. }) => {
+            require(settings, name, url_env, "url_env").map(Some)
+        }
+        Store::S3(_) => Ok(None),
+    }
 }
 
 /// The stores a worker serves: those named in `wanted`, or every store of the map when
@@ -272,11 +290,14 @@ pub fn served(
         let Some(store) = map.stores.get(&name) else {
             continue;
         };
-        match connect(&name, store, settings) {
-            Ok(connection) => served.push(ServedStore {
+        match connect(&name, store, settings)
+            .and_then(|connection| Ok((connection, store_url(&name, store, settings)?)))
+        {
+            Ok((connection, url)) => served.push(ServedStore {
                 name,
                 store: store.clone(),
                 connection,
+                url,
             }),
             Err(error) => problems.push(error.to_string()),
         }

@@ -48,7 +48,7 @@ mod sql;
 mod values;
 
 pub use connection::{RedisHandle, ServedStore, StoreConnection, StoreError};
-pub use connection::{connect, readiness, served};
+pub use connection::{connect, readiness, served, store_url};
 pub use connector::{
     CollectSink, Connector, Flag, KindMismatch, LogTableRef, SchemaCheck, SourceObject,
 };

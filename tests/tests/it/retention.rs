@@ -511,9 +511,9 @@ async fn old_log_rows_are_deleted_in_batches_around_locked_rows_and_newer_rows_s
     .await
     .unwrap();
 
-    let retention = Retention::connect(&crate::support::settings(&text))
-        .await
-        .unwrap();
+    let mut settings = crate::support::settings(&text);
+    settings.credentials = bed.credentials().clone();
+    let retention = Retention::connect(&settings).await.unwrap();
     let dry = completed(retention.run(now, Mode::DryRun).await.unwrap());
     let rows: Vec<(String, u64)> = dry.logs.iter().map(|l| (l.table.clone(), l.rows)).collect();
     assert_eq!(
