@@ -14,6 +14,8 @@ use lethe_common::nats::{Durable, Names};
 use lethe_common::worker::RunMode;
 use tokio_util::sync::CancellationToken;
 
+use crate::settings::RetentionSettings;
+
 pub use policy::{Mode, Outcome, Plan, Report, Retention};
 
 /// The retention daemon, built and ready to run.
@@ -33,9 +35,10 @@ impl App {
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
         // The policies first: a refused policy is the error an operator must see, whatever
         // else is missing.
-        let plan = Plan::load(settings)?;
+        settings.section::<RetentionSettings>()?;
         settings.require_ledger()?;
         settings.require_s3()?;
+        let plan = Plan::load(settings)?;
         let drain_timeout = plan.settings.drain_timeout;
         let worker = LedgerWorker::start(
             "retention",
