@@ -18,6 +18,7 @@ use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::model::{RequestKind, RequestStatus};
 use crate::outbox::OutboxSignal;
@@ -117,7 +118,17 @@ impl Coordinator {
         }
     }
 
+    /// Applies one result within a span that continues the trace of the task that reported
+    /// it; the tasks its step queues carry this span's context on.
     async fn consume(&self, message: async_nats::jetstream::Message) {
+        let span = tracing::info_span!("coordinator.result");
+        if let Some(trace) = Traceparent::from_headers(message.headers.as_ref()) {
+            trace.make_parent_of(&span);
+        }
+        self.settle(message).instrument(span).await;
+    }
+
+    async fn settle(&self, message: async_nats::jetstream::Message) {
         let ack = match serde_json::from_slice::<TaskResult>(&message.payload) {
             Ok(result) => match self.apply(&result).await {
                 Ok(_) => AckKind::Ack,
@@ -141,6 +152,11 @@ impl Coordinator {
     }
 
     /// Records `result` and moves its request on.
+    #[tracing::instrument(name = "coordinator.apply", skip_all, fields(
+        request.id = %result.request_id,
+        task.kind = %result.task,
+        task.store = result.store.as_ref().map_or("-", |s| s.as_str()),
+    ))]
     pub async fn apply(&self, result: &TaskResult) -> anyhow::Result<Applied> {
         let mut tx = self.pool.begin().await?;
         let request: Option<RequestRow> = sqlx::query_as(&format!(
