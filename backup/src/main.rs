@@ -135,7 +135,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(run(cli, scratch.as_ref()));
     drop(scratch);
-    report(result)
+    let code = report(result);
+    // After the report, so its error line is exported too.
+    lethe_common::telemetry::shutdown();
+    code
 }
 
 /// The store connectors take URLs from environment variables only. A restore or replay target
