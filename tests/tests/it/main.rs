@@ -20,4 +20,5 @@ mod privacy;
 mod retention;
 mod sample;
 mod support;
+mod traces;
 mod worker_loop;
