@@ -93,6 +93,12 @@ impl TryFrom<String> for OtlpEndpoint {
             .parse()
             .map_err(|error| format!("`{value}` is not a URL: {error}"))?;
         match (uri.scheme_str(), uri.authority()) {
+            // Credentials stay out of the URL, which is printed: the exporter reads headers
+            // (such as `Authorization`) from `OTEL_EXPORTER_OTLP_HEADERS`.
+            (_, Some(authority)) if authority.as_str().contains('@') => Err(
+                "the URL must not hold credentials: set them as headers in OTEL_EXPORTER_OTLP_HEADERS"
+                    .to_owned(),
+            ),
             (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(Self(value)),
             _ => Err(format!(
                 "`{value}` must be an http(s) URL without a query, such as http://localhost:4318"
@@ -167,7 +173,7 @@ pub fn init(settings: &TelemetrySettings) {
     // provider. This one's provider is dropped, which stops its export thread.
     if installed && let Some(provider) = provider {
         drop(PROVIDER.set(provider));
-        tracing::info!(endpoint = %settings.otlp_endpoint.as_ref().map(ToString::to_string).unwrap_or_default(), "exporting traces over OTLP/HTTP");
+        tracing::info!("exporting spans to telemetry.otlp_endpoint over OTLP/HTTP");
     }
 }
 
@@ -313,5 +319,7 @@ mod tests {
         assert!(OtlpEndpoint::try_from("collector:4318".to_owned()).is_err());
         assert!(OtlpEndpoint::try_from("grpc://collector:4317".to_owned()).is_err());
         assert!(OtlpEndpoint::try_from("http://collector:4318/?a=b".to_owned()).is_err());
+        let refused = OtlpEndpoint::try_from("https://me:secret@collector".to_owned()).unwrap_err();
+        assert!(!refused.contains("secret"));
     }
 }
