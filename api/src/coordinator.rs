@@ -16,6 +16,7 @@ use lethe_common::worker::{Consume, Delivery, LoopSettings, Settle, WorkerLoop};
 use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
+use tracing::Instrument as _;
 
 use crate::model::{RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
@@ -91,6 +92,11 @@ impl Coordinator {
     }
 
     /// Records `result` and moves its request on.
+    #[tracing::instrument(name = "coordinator.apply", skip_all, fields(
+        request.id = %result.request_id,
+        task.kind = %result.task,
+        task.store = result.store.as_ref().map_or("-", |s| s.as_str()),
+    ))]
     pub async fn apply(&self, result: &TaskResult) -> anyhow::Result<Applied> {
         let mut tx = self.pool.begin().await?;
         let request: Option<RequestRow> = sqlx::query_as(&format!(
@@ -418,8 +424,14 @@ impl Coordinator {
 impl Consume for Coordinator {
     type Message = TaskResult;
 
-    async fn consume(&self, result: TaskResult, _delivery: &Delivery<'_>) -> Settle {
-        match self.apply(&result).await {
+    async fn consume(&self, result: TaskResult, delivery: &Delivery<'_>) -> Settle {
+        // The step continues the trace of the task that reported the result; the tasks it
+        // queues carry this span's context on.
+        let span = tracing::info_span!("coordinator.result", request.id = %result.request_id);
+        if let Some(trace) = &delivery.trace {
+            trace.make_parent_of(&span);
+        }
+        match self.apply(&result).instrument(span).await {
             Ok(Applied::Recorded) => Settle::Ack { outcome: "applied" },
             Ok(Applied::Ignored) => Settle::Ack { outcome: "ignored" },
             Err(error) => Settle::Retry {

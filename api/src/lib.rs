@@ -258,6 +258,11 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(limit))
+        // A span per request (joining the caller's `traceparent`); the operations endpoints
+        // (probes, metrics) are merged in later, untraced, so polling them makes no traces.
+        .layer(axum::middleware::from_fn(
+            lethe_common::telemetry::http_span,
+        ))
         .with_state(state)
 }
 

@@ -93,7 +93,10 @@ enum KeysCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    report(run(Cli::parse()).await)
+    let code = report(run(Cli::parse()).await);
+    // After the report, so its error line is exported too.
+    lethe_common::telemetry::shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

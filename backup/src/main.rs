@@ -128,7 +128,10 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return report(Err(error.into())),
     };
-    report(runtime.block_on(run(cli)))
+    let code = report(runtime.block_on(run(cli)));
+    // After the report, so its error line is exported too.
+    lethe_common::telemetry::shutdown();
+    code
 }
 
 /// A restore or replay target: a URL given on the command line is handed to the connector as

@@ -234,6 +234,8 @@ impl Backups {
     }
 
     /// Backs up `store` if `condition` holds once its lock is taken.
+    // One span per run, whoever asked for it (schedule, run command or the `run` subcommand).
+    #[tracing::instrument(name = "backup.run", skip_all, fields(store = %store))]
     pub async fn backup_if(
         &self,
         store: &StoreName,

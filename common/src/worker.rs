@@ -354,6 +354,11 @@ impl<H: Consume> TaskContext<H> {
             delivery = deliveries,
             trace.id = trace.map(|t| t.trace_id()).unwrap_or_default(),
         );
+        // The task's span continues the trace of whoever queued it (the api's request or the
+        // coordinator's step); the result it publishes carries the task span's own context.
+        if let Some(trace) = &trace {
+            trace.make_parent_of(&span);
+        }
         self.process_task(message, task, deliveries, trace)
             .instrument(span)
             .await;

@@ -17,7 +17,10 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    report(run(Cli::parse().args).await)
+    let code = report(run(Cli::parse().args).await);
+    // After the report, so its error line is exported too.
+    lethe_common::telemetry::shutdown();
+    code
 }
 
 async fn run(args: WorkerArgs) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ use lethe_common::nats::retry_delay;
 use lethe_common::worker::RunMode;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::policy::{Mode, Outcome, Retention};
 use crate::schedule::NextDue as _;
@@ -67,7 +68,9 @@ async fn pass(
     shutdown: &CancellationToken,
     drain: Duration,
 ) -> Option<anyhow::Result<Outcome>> {
-    let run = retention.run(Utc::now(), mode);
+    // One span per run, scheduled or commanded: a trace of its own (nothing outside started it).
+    let span = tracing::info_span!("retention.run", dry_run = mode == Mode::DryRun);
+    let run = retention.run(Utc::now(), mode).instrument(span);
     tokio::select! {
         result = run => Some(result),
         () = async {

@@ -8,6 +8,7 @@ pub mod eraser_support;
 pub mod exporter_support;
 mod namespace;
 mod nats;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 mod services;

@@ -21,4 +21,5 @@ mod privacy;
 mod retention;
 mod sample;
 mod support;
+mod traces;
 mod worker_loop;
