@@ -36,9 +36,9 @@ use crate::collect::transfer_error;
 use crate::readme::{self, StoreText};
 use crate::staging::{self, Fragment};
 
-/// The archive's parts: 8 MiB, four in flight while the next one fills. The S3 service hashes
-/// and writes each part on its own , so parts in flight are what
-/// lets it use more than one core; 40 MiB of parts is the bulk of the exporter's memory.
+/// The archive's parts: 8 MiB, four in flight while the next one fills. An S3 service may hash
+/// and write each part of a request on one core, so parts in flight are what let it use more
+/// than one; 40 MiB of parts is the bulk of the exporter's memory.
 const ARCHIVE_WRITER: WriterOptions = WriterOptions {
     part_size: 8 * 1024 * 1024,
     parallel_parts: 4,

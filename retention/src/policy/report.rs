@@ -117,8 +117,6 @@ pub struct UploadsSection {
     /// The uploads aborted.
     #[serde(flatten)]
     pub section: Section<UploadItem>,
-    /// The S3 server does not implement `ListMultipartUploads` (s3s-fs): nothing was listed.
-    pub not_implemented: bool,
 }
 
 /// One log table.

@@ -40,14 +40,21 @@ impl Retention {
             match s3util::list_pending_uploads(&self.s3, &self.bucket, prefix).await {
                 Ok(PendingUploads::Listed(uploads)) => pending.extend(uploads),
                 Ok(PendingUploads::NotImplemented) => {
-                    report.not_implemented = true;
+                    // Unfinished uploads then stay (and are billed) until a bucket lifecycle
+                    // rule aborts them: an error of every run, explained once in the log.
+                    report.section.errors.push(
+                        "the S3 server does not implement ListMultipartUploads: unfinished \
+                         uploads are not pruned"
+                            .to_owned(),
+                    );
                     if !self
                         .uploads_not_implemented_logged
                         .swap(true, Ordering::Relaxed)
                     {
-                        tracing::info!(
+                        tracing::warn!(
                             "the S3 server does not implement ListMultipartUploads: unfinished \
-                             uploads are not pruned (use a bucket lifecycle rule)"
+                             uploads are not pruned (add a bucket lifecycle rule \
+                             AbortIncompleteMultipartUpload)"
                         );
                     }
                     return report;

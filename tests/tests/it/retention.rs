@@ -406,7 +406,6 @@ async fn staging_leftovers_of_finished_requests_go_after_a_day_and_those_of_open
     // Written just now: not a day old yet.
     let early = completed(retention.run(now, Mode::Delete).await.unwrap());
     assert_eq!(early.staging.deleted, 0);
-    // s3s-fs has no ListMultipartUploads: noted, never an error.
     assert_eq!(early.errors(), 0, "{early:?}");
 
     let later = now + chrono::Duration::hours(25);
@@ -441,6 +440,113 @@ async fn staging_leftovers_of_finished_requests_go_after_a_day_and_those_of_open
     .await
     .unwrap();
     assert_eq!(recorded, 1);
+    retention.pool().close().await;
+    bed.cleanup().await;
+}
+
+/// The unfinished multipart uploads of the bucket, by upload id, with their start as the
+/// server reports it (`ListMultipartUploads`).
+async fn pending_uploads(bed: &Bed) -> Vec<(String, DateTime<Utc>)> {
+    let page = bed
+        .s3
+        .list_multipart_uploads()
+        .bucket(&bed.bucket)
+        .send()
+        .await
+        .unwrap();
+    page.uploads()
+        .iter()
+        .map(|u| {
+            let at = u.initiated().unwrap();
+            (
+                u.upload_id().unwrap().to_owned(),
+                DateTime::from_timestamp(at.secs(), at.subsec_nanos()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn unfinished_uploads_older_than_the_staging_age_are_aborted_and_newer_ones_kept() {
+    let services = Services::from_env();
+    let bed = Bed::create(&services, "staging_max_age = \"1d\"").await;
+    let tenant = tenant(&bed.ledger).await;
+    let finished = request(&bed.ledger, tenant, "access", "failed", None, now()).await;
+    let start = |key: String| {
+        let s3 = bed.s3.clone();
+        let bucket = bed.bucket.clone();
+        async move {
+            let upload = s3
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            upload.upload_id().unwrap().to_owned()
+        }
+    };
+    let stale = start(format!("staging/{finished}/files/files/avatars/7/a.png")).await;
+    // Servers report the start to the second: begin the second upload in a later one.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fresh = start(format!("staging/{finished}/files/files/avatars/7/b.png")).await;
+    let listed = pending_uploads(&bed).await;
+    let started = |id: &str| {
+        listed
+            .iter()
+            .find(|(u, _)| u == id)
+            .map(|(_, at)| *at)
+            .unwrap()
+    };
+    let (stale_at, fresh_at) = (started(&stale), started(&fresh));
+    assert!(stale_at < fresh_at, "{listed:?}");
+    let retention = bed.retention().await;
+
+    // A clock at which the first upload is over a day old and the second not yet.
+    let at = stale_at + (fresh_at - stale_at) / 2 + chrono::Duration::days(1);
+    let dry = completed(retention.run(at, Mode::DryRun).await.unwrap());
+    assert_eq!(dry.uploads.section.deleted, 1, "{dry:?}");
+    assert_eq!(pending_uploads(&bed).await.len(), 2);
+
+    let report = completed(retention.run(at, Mode::Delete).await.unwrap());
+    assert_eq!(report.errors(), 0, "{report:?}");
+    assert_eq!(report.uploads.section.deleted, 1);
+    // Reported by the request's prefix only: the key can name a subject's file.
+    let prefixes: Vec<&str> = report
+        .uploads
+        .section
+        .items
+        .iter()
+        .map(|i| i.prefix.as_str())
+        .collect();
+    assert_eq!(prefixes, [format!("staging/{finished}/").as_str()]);
+    let left: Vec<String> = pending_uploads(&bed)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        left,
+        std::slice::from_ref(&fresh),
+        "the stale upload {stale} is left"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_event WHERE kind = 'retention.upload_aborted' AND request_id = $1",
+    )
+    .bind(finished)
+    .fetch_one(&bed.ledger)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+
+    bed.s3
+        .abort_multipart_upload()
+        .bucket(&bed.bucket)
+        .key(format!("staging/{finished}/files/files/avatars/7/b.png"))
+        .upload_id(&fresh)
+        .send()
+        .await
+        .unwrap();
     retention.pool().close().await;
     bed.cleanup().await;
 }
