@@ -28,8 +28,6 @@ use crate::tools;
 
 /// Objects fetched ahead of the one being archived.
 const PREFETCH: usize = 16;
-/// Folders listed at once.
-const LIST_CONCURRENCY: usize = 8;
 /// Keys listed ahead of the objects being fetched.
 const LISTED_AHEAD: usize = 1_000;
 
@@ -257,79 +255,39 @@ async fn tar_bucket(
     Ok(total + 1024)
 }
 
-/// Every key of `bucket`, walked one folder level at a time like
-/// [`lethe_common::s3::list_keys_under`] (some S3-compatible servers scan the whole bucket for
-/// a prefix-only listing), but streamed, so the key list of a large bucket never sits in
-/// memory, and [`LIST_CONCURRENCY`] folders at a time.
+/// Every key of `bucket`, streamed page by page as one flat listing, so the key list of a
+/// large bucket never sits in memory (and a server's transient "folder" entries, which only a
+/// delimited listing shows, never become archive entries).
 async fn list_bucket(
     client: Client,
     bucket: String,
     tx: mpsc::Sender<anyhow::Result<String>>,
 ) -> anyhow::Result<()> {
-    let mut folders = vec![String::new()];
-    let mut running = tokio::task::JoinSet::new();
-    loop {
-        while running.len() < LIST_CONCURRENCY {
-            let Some(folder) = folders.pop() else { break };
-            running.spawn(list_folder(
-                client.clone(),
-                bucket.clone(),
-                folder,
-                tx.clone(),
-            ));
-        }
-        let Some(listed) = running.join_next().await else {
-            return Ok(());
-        };
-        let listed = listed
-            .map_err(|e| anyhow::anyhow!("listing bucket {bucket} stopped: {e}"))
-            .and_then(|r| r);
-        match listed {
-            Ok(Some(subfolders)) => folders.extend(subfolders),
-            // The archive stopped reading.
-            Ok(None) => return Ok(()),
-            Err(error) => {
-                let _ = tx.send(Err(anyhow::anyhow!("{error:#}"))).await;
-                return Err(error);
-            }
-        }
-    }
-}
-
-/// Sends the keys of one folder level and returns its subfolders (`None`: nobody listens).
-async fn list_folder(
-    client: Client,
-    bucket: String,
-    folder: String,
-    tx: mpsc::Sender<anyhow::Result<String>>,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let mut subfolders = Vec::new();
     let mut pages = client
         .list_objects_v2()
         .bucket(&bucket)
-        .prefix(&folder)
-        .delimiter("/")
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|error| {
-            anyhow::anyhow!(
-                "cannot list bucket {bucket}: {}",
-                DisplayErrorContext(error)
-            )
-        })?;
-        subfolders.extend(
-            page.common_prefixes()
-                .iter()
-                .filter_map(|p| p.prefix().map(str::to_owned)),
-        );
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                let error = anyhow::anyhow!(
+                    "cannot list bucket {bucket}: {}",
+                    DisplayErrorContext(error)
+                );
+                let _ = tx.send(Err(anyhow::anyhow!("{error:#}"))).await;
+                return Err(error);
+            }
+        };
         for key in page.contents().iter().filter_map(|o| o.key()) {
             if tx.send(Ok(key.to_owned())).await.is_err() {
-                return Ok(None);
+                // The archive stopped reading.
+                return Ok(());
             }
         }
     }
-    Ok(Some(subfolders))
+    Ok(())
 }
 
 /// Zero bytes that complete an entry of `size` bytes to a 512-byte block.

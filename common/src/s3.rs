@@ -1,7 +1,7 @@
 //! An S3 client for AWS or any S3-compatible server, built from [`S3Settings`] alone (no
 //! ambient AWS configuration is read, so what runs is what the file says), and the transfers
-//! the workers share: level-by-level listings, a streaming multipart [`ObjectWriter`],
-//! server-side copies and presigned downloads.
+//! the workers share: prefix listings, the one batch delete, the one streaming multipart
+//! [`ObjectWriter`], server-side copies and presigned downloads.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -92,10 +92,7 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), BucketEr
     }
 }
 
-/// Every key under `prefix`, walking the tree one level at a time (`delimiter = "/"`), page by
-/// page. Walking by level costs a request per folder but lets servers answer from the folder
-/// alone; some S3-compatible servers (s3s-fs among them) scan the whole bucket for a
-/// prefix-only listing.
+/// Every key under `prefix`, page by page.
 pub async fn list_keys_under(
     client: &Client,
     bucket: &str,
@@ -119,14 +116,13 @@ pub struct ObjectInfo {
     pub e_tag: Option<String>,
 }
 
-/// Every object under `prefix` with its size, sorted by key, listed level by level as
-/// [`list_keys_under`] does.
+/// Every object under `prefix` with its size, sorted by key.
 pub async fn list_objects_under(
     client: &Client,
     bucket: &str,
     prefix: &str,
 ) -> Result<Vec<ObjectInfo>, SdkError<ListObjectsV2Error>> {
-    let mut objects = walk_under(client, bucket, prefix, |o| {
+    let mut objects = list_under(client, bucket, prefix, |o| {
         Some(ObjectInfo {
             key: o.key()?.to_owned(),
             size: object_size(o),
@@ -149,14 +145,13 @@ pub struct StoredObject {
     pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Every object under `prefix` with its size and `LastModified`, sorted by key, listed level
-/// by level as [`list_keys_under`] does.
+/// Every object under `prefix` with its size and `LastModified`, sorted by key.
 pub async fn list_objects_modified_under(
     client: &Client,
     bucket: &str,
     prefix: &str,
 ) -> Result<Vec<StoredObject>, SdkError<ListObjectsV2Error>> {
-    let mut objects = walk_under(client, bucket, prefix, |o| {
+    let mut objects = list_under(client, bucket, prefix, |o| {
         Some(StoredObject {
             key: o.key()?.to_owned(),
             size: object_size(o),
@@ -178,33 +173,26 @@ fn object_size(object: &aws_sdk_s3::types::Object) -> u64 {
         .unwrap_or(0)
 }
 
-/// The level-by-level walk behind the listings: every object under `prefix`, page by page,
-/// turned into a `T` by `entry` (an object it returns `None` for is skipped). In no set order.
-async fn walk_under<T>(
+/// The listing behind the others: every object under `prefix`, page by page, turned into a
+/// `T` by `entry` (an object it returns `None` for is skipped). In no set order.
+///
+/// One flat listing, no delimiter: a server that keeps an emptied "folder" for a while (as
+/// SeaweedFS does) shows it as an object only to a delimited listing of that folder.
+async fn list_under<T>(
     client: &Client,
     bucket: &str,
     prefix: &str,
     entry: impl Fn(&aws_sdk_s3::types::Object) -> Option<T>,
 ) -> Result<Vec<T>, SdkError<ListObjectsV2Error>> {
     let mut objects = Vec::new();
-    let mut folders = vec![prefix.to_owned()];
-    while let Some(folder) = folders.pop() {
-        let mut pages = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(&folder)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page?;
-            objects.extend(page.contents().iter().filter_map(&entry));
-            folders.extend(
-                page.common_prefixes()
-                    .iter()
-                    .filter_map(|p| p.prefix().map(str::to_owned)),
-            );
-        }
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        objects.extend(page?.contents().iter().filter_map(&entry));
     }
     Ok(objects)
 }
@@ -262,21 +250,12 @@ pub struct PendingUpload {
     pub initiated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// What listing the unfinished multipart uploads found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PendingUploads {
-    /// Every unfinished upload under the prefix.
-    Listed(Vec<PendingUpload>),
-    /// The server does not implement `ListMultipartUploads` (s3s-fs, for one).
-    NotImplemented,
-}
-
 /// Every unfinished multipart upload under `prefix`, page by page.
 pub async fn list_pending_uploads(
     client: &Client,
     bucket: &str,
     prefix: &str,
-) -> Result<PendingUploads, TransferError> {
+) -> Result<Vec<PendingUpload>, TransferError> {
     let mut uploads = Vec::new();
     let mut key_marker: Option<String> = None;
     let mut id_marker: Option<String> = None;
@@ -289,22 +268,8 @@ pub async fn list_pending_uploads(
             .set_upload_id_marker(id_marker.clone())
             .send()
             .await;
-        let page = match page {
-            Ok(page) => page,
-            Err(error) => {
-                let not_implemented = error.code() == Some("NotImplemented")
-                    || error
-                        .raw_response()
-                        .is_some_and(|r| r.status().as_u16() == 501);
-                if not_implemented {
-                    return Ok(PendingUploads::NotImplemented);
-                }
-                return Err(TransferError::from_sdk(
-                    "listing unfinished uploads",
-                    &error,
-                ));
-            }
-        };
+        let page =
+            page.map_err(|error| TransferError::from_sdk("listing unfinished uploads", &error))?;
         uploads.extend(page.uploads().iter().filter_map(|u| {
             Some(PendingUpload {
                 key: u.key()?.to_owned(),
@@ -323,7 +288,7 @@ pub async fn list_pending_uploads(
             break;
         }
     }
-    Ok(PendingUploads::Listed(uploads))
+    Ok(uploads)
 }
 
 /// A failed S3 operation, described by what was being done and the S3 error code or the kind

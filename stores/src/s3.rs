@@ -147,8 +147,7 @@ impl S3Connector {
         let prefixes = self.prefixes(identities)?;
         let mut counts = BTreeMap::new();
         // Only prefixes that held objects are listed again: for an empty one, the first listing
-        // already is the check, and each listing costs a request (a whole-bucket walk on some
-        // servers).
+        // already is the check.
         let mut to_verify = Vec::new();
         for (template, prefixes) in &prefixes {
             let mut deleted = 0u64;

@@ -21,7 +21,6 @@ mod report;
 mod staging;
 mod uploads;
 
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::settings::RetentionSettings;
@@ -52,7 +51,6 @@ pub struct Retention {
     s3: Client,
     bucket: String,
     events: Option<Publisher>,
-    uploads_not_implemented_logged: AtomicBool,
 }
 
 fn before(now: DateTime<Utc>, age: Duration) -> DateTime<Utc> {
@@ -87,7 +85,6 @@ impl Retention {
             s3,
             bucket,
             events,
-            uploads_not_implemented_logged: AtomicBool::new(false),
         }
     }
 

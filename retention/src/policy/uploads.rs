@@ -1,10 +1,9 @@
 //! Unfinished multipart uploads no running backup or open request still writes.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
-use lethe_common::s3::{self as s3util, PendingUploads};
+use lethe_common::s3 as s3util;
 use uuid::Uuid;
 
 use super::keys::{EXPORTS_PREFIX, STAGING_PREFIX, key_prefix, request_in};
@@ -38,27 +37,7 @@ impl Retention {
         let mut pending = Vec::new();
         for prefix in prefixes {
             match s3util::list_pending_uploads(&self.s3, &self.bucket, prefix).await {
-                Ok(PendingUploads::Listed(uploads)) => pending.extend(uploads),
-                Ok(PendingUploads::NotImplemented) => {
-                    // Unfinished uploads then stay (and are billed) until a bucket lifecycle
-                    // rule aborts them: an error of every run, explained once in the log.
-                    report.section.errors.push(
-                        "the S3 server does not implement ListMultipartUploads: unfinished \
-                         uploads are not pruned"
-                            .to_owned(),
-                    );
-                    if !self
-                        .uploads_not_implemented_logged
-                        .swap(true, Ordering::Relaxed)
-                    {
-                        tracing::warn!(
-                            "the S3 server does not implement ListMultipartUploads: unfinished \
-                             uploads are not pruned (add a bucket lifecycle rule \
-                             AbortIncompleteMultipartUpload)"
-                        );
-                    }
-                    return report;
-                }
+                Ok(uploads) => pending.extend(uploads),
                 Err(error) => {
                     report.section.errors.push(format!(
                         "cannot list unfinished uploads under `{prefix}`: {error}"
