@@ -39,6 +39,7 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
         ));
     }
     let declared: BTreeSet<&str> = map.identities.iter().map(String::as_str).collect();
+    let matching = map.matching();
     let mut identities = Identities::new();
     for (name, values) in body.subject {
         let field = format!("subject.{name}");
@@ -68,7 +69,9 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
             check_value(&name, value)
                 .map_err(|why| ApiError::unprocessable(why.0, field.clone(), why.1))?;
         }
-        let mut values = values;
+        // The normalised spelling goes beside the value as filed: stores compare normalised
+        // values, key and prefix templates try both.
+        let mut values = matching.spellings(&name, &values);
         values.sort();
         values.dedup();
         identities.insert(name, values);
@@ -246,6 +249,18 @@ mod tests {
                 .unwrap();
         assert_eq!(valid.identities["email"], vec!["ada@example.com"]);
         assert_eq!(valid.identities["user_id"], vec!["42"]);
+        let valid = check(
+            r#"{"kind":"erasure","subject":{"email":"Ada@Example.COM","phone":"+44 20 7946 0000"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            valid.identities["email"],
+            vec!["Ada@Example.COM", "ada@example.com"]
+        );
+        assert_eq!(
+            valid.identities["phone"],
+            vec!["+44 20 7946 0000", "+442079460000"]
+        );
     }
 
     #[test]

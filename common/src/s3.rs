@@ -204,11 +204,45 @@ pub async fn delete_keys(
     bucket: &str,
     keys: &[String],
 ) -> Result<(), TransferError> {
+    let versions: Vec<ObjectVersion> = keys
+        .iter()
+        .map(|key| ObjectVersion {
+            key: key.clone(),
+            version_id: None,
+        })
+        .collect();
+    delete_versions(client, bucket, &versions).await
+}
+
+/// One version of an object (or a delete marker) of a versioned bucket; without a version id,
+/// the object's current version (on a versioned bucket, deleting it only adds a delete
+/// marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    /// The object's key.
+    pub key: String,
+    /// The version, as the server names it.
+    pub version_id: Option<String>,
+}
+
+/// Deletes `versions` (objects, or given a version id, that very version or delete marker, for
+/// good), 1,000 per request: the workspace's one batch delete. A version already gone counts
+/// as deleted.
+pub async fn delete_versions(
+    client: &Client,
+    bucket: &str,
+    versions: &[ObjectVersion],
+) -> Result<(), TransferError> {
     use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-    for batch in keys.chunks(1000) {
+    for batch in versions.chunks(1000) {
         let objects = batch
             .iter()
-            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .map(|v| {
+                ObjectIdentifier::builder()
+                    .key(&v.key)
+                    .set_version_id(v.version_id.clone())
+                    .build()
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| TransferError::other("deleting objects", "invalid key", false))?;
         let delete = Delete::builder()
@@ -237,6 +271,67 @@ pub async fn delete_keys(
         }
     }
     Ok(())
+}
+
+/// Whether `bucket` keeps versions: versioning enabled, or suspended after having been
+/// enabled (old versions then remain). A server that does not implement versioning at all
+/// (`NotImplemented`) keeps none.
+pub async fn bucket_keeps_versions(
+    client: &Client,
+    bucket: &str,
+) -> Result<bool, SdkError<aws_sdk_s3::operation::get_bucket_versioning::GetBucketVersioningError>>
+{
+    match client.get_bucket_versioning().bucket(bucket).send().await {
+        Ok(out) => Ok(out.status().is_some()),
+        Err(error) if error.code() == Some("NotImplemented") => Ok(false),
+        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 501 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Every version and delete marker under `prefix` (the whole prefix, any depth), page by page.
+pub async fn list_versions_under(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<
+    Vec<ObjectVersion>,
+    SdkError<aws_sdk_s3::operation::list_object_versions::ListObjectVersionsError>,
+> {
+    let mut found = Vec::new();
+    let mut key_marker: Option<String> = None;
+    let mut version_marker: Option<String> = None;
+    loop {
+        let page = client
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker.take())
+            .set_version_id_marker(version_marker.take())
+            .send()
+            .await?;
+        found.extend(page.versions().iter().filter_map(|v| {
+            Some(ObjectVersion {
+                key: v.key()?.to_owned(),
+                version_id: v.version_id().map(str::to_owned),
+            })
+        }));
+        found.extend(page.delete_markers().iter().filter_map(|m| {
+            Some(ObjectVersion {
+                key: m.key()?.to_owned(),
+                version_id: m.version_id().map(str::to_owned),
+            })
+        }));
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        version_marker = page.next_version_id_marker().map(str::to_owned);
+        if key_marker.is_none() && version_marker.is_none() {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// A multipart upload that was started and neither completed nor aborted.

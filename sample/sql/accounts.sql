@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS users (
     objected    boolean     NOT NULL DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS users_phone_idx ON users (phone);
+-- Lethe compares emails as `lower(email)` and phones by their digits (the data map's
+-- `normalize`): these expression indexes serve exactly those comparisons.
+CREATE INDEX IF NOT EXISTS users_email_lower_idx ON users (lower(email));
+CREATE INDEX IF NOT EXISTS users_phone_digits_idx
+    ON users (regexp_replace(phone, '[^0-9+]', '', 'g'));
 
 -- Invoices are kept for tax law after the customer is gone: erasure masks their personal
 -- fields, then deletes the user, and ON DELETE SET NULL cuts the link instead of taking the

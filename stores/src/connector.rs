@@ -103,6 +103,7 @@ impl Connector {
                     store.clone(),
                     sql::postgres::PgBackend::new(pool.clone()),
                     sql.collections.clone(),
+                    sql.matching.clone(),
                     hasher,
                 ))
             }
@@ -111,6 +112,7 @@ impl Connector {
                     store.clone(),
                     sql::mysql::MySqlBackend::new(pool.clone()),
                     sql.collections.clone(),
+                    sql.matching.clone(),
                     hasher,
                 ))
             }

@@ -16,7 +16,7 @@ use lethe_common::worker::TaskError;
 
 use crate::connection::RedisHandle;
 use crate::connector::{CollectSink, Flag};
-use crate::values::{MAX_VALUES, render_all, still_holds, too_many, usable_values};
+use crate::values::{MAX_VALUES, render_all, still_holds, too_many, usable_values, with_spellings};
 
 /// A Redis store.
 pub(crate) struct RedisConnector {
@@ -77,10 +77,11 @@ impl RedisConnector {
 
     /// The subject's keys per template, prefixed.
     fn keys(&self, identities: &Identities) -> Result<Vec<(String, Vec<String>)>, TaskError> {
+        let identities = with_spellings(identities, &self.spec.matching);
         let mut all = Vec::with_capacity(self.spec.keys.len());
         let mut total = 0;
         for template in &self.spec.keys {
-            let keys: Vec<String> = render_all(template, identities)
+            let keys: Vec<String> = render_all(template, &identities)
                 .into_iter()
                 .map(|key| format!("{}{key}", self.spec.key_prefix))
                 .collect();

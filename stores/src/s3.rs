@@ -1,5 +1,8 @@
 //! S3: every object under the data map's prefix templates rendered for the task's values,
-//! listed page by page and deleted 1,000 per request (or handed to a collect sink to copy).
+//! listed page by page and deleted 1,000 per request (or handed to a collect sink to copy). In
+//! a bucket that keeps versions, an erasure deletes every version and delete marker under the
+//! prefixes by version id (a plain delete would only add a marker over the old data), counts
+//! them, and its verification lists versions, not just current objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,17 +11,19 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use lethe_common::datamap::S3Store;
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskReport};
-use lethe_common::s3::TransferError;
+use lethe_common::s3::{ObjectVersion, TransferError};
 use lethe_common::worker::TaskError;
 
 use crate::connector::{CollectSink, SourceObject};
-use crate::values::{MAX_VALUES, render_all, still_holds, too_many};
+use crate::values::{MAX_VALUES, render_all, still_holds, too_many, with_spellings};
 
 /// An S3 bucket.
 pub(crate) struct S3Connector {
     store: StoreName,
     client: aws_sdk_s3::Client,
     spec: S3Store,
+    /// Whether the bucket keeps versions, asked once.
+    versioned: tokio::sync::OnceCell<bool>,
 }
 
 impl S3Connector {
@@ -27,7 +32,54 @@ impl S3Connector {
             store,
             client,
             spec,
+            versioned: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Whether the bucket keeps old versions and delete markers, which an erasure must
+    /// delete too (asked once per process: versioning, once enabled, is never off again).
+    async fn keeps_versions(&self) -> Result<bool, TaskError> {
+        self.versioned
+            .get_or_try_init(|| async {
+                lethe_common::s3::bucket_keeps_versions(&self.client, &self.spec.bucket)
+                    .await
+                    .map_err(|e| self.error("reading the bucket's versioning", &e))
+            })
+            .await
+            .copied()
+    }
+
+    /// Every version and delete marker under `prefix`.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+        action: &str,
+    ) -> Result<Vec<ObjectVersion>, TaskError> {
+        lethe_common::s3::list_versions_under(&self.client, &self.spec.bucket, prefix)
+            .await
+            .map_err(|e| self.error(action, &e))
+    }
+
+    /// What is under `prefix`: its objects, or in a versioned bucket every version and delete
+    /// marker (each deleted by its version id, so nothing of it stays behind).
+    async fn entries(
+        &self,
+        prefix: &str,
+        versioned: bool,
+        action: &str,
+    ) -> Result<Vec<ObjectVersion>, TaskError> {
+        if versioned {
+            return Box::pin(self.list_versions(prefix, action)).await;
+        }
+        Ok(self
+            .list(prefix, action)
+            .await?
+            .into_iter()
+            .map(|key| ObjectVersion {
+                key,
+                version_id: None,
+            })
+            .collect())
     }
 
     /// Classifies an SDK error by its kind, HTTP status and S3 error code only: the request
@@ -63,7 +115,7 @@ impl S3Connector {
     fn prefixes(&self, identities: &Identities) -> Result<Vec<(String, Vec<String>)>, TaskError> {
         // A value holding `/` would reach into a folder the template does not name (a user id
         // `7/x` into user 7's subfolder): such values cannot be the subject's here.
-        let identities: Identities = identities
+        let identities: Identities = with_spellings(identities, &self.spec.matching)
             .iter()
             .map(|(k, v)| {
                 (
@@ -91,8 +143,8 @@ impl S3Connector {
             .map_err(|e| self.error(action, &e))
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), TaskError> {
-        lethe_common::s3::delete_keys(&self.client, &self.spec.bucket, keys)
+    async fn delete(&self, versions: &[ObjectVersion]) -> Result<(), TaskError> {
+        lethe_common::s3::delete_versions(&self.client, &self.spec.bucket, versions)
             .await
             .map_err(|failure| self.failure("deleting objects", failure, false))
     }
@@ -145,6 +197,9 @@ impl S3Connector {
 
     pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
         let prefixes = self.prefixes(identities)?;
+        // Boxed: the SDK's futures nested in the worker loop's overflow the compiler's layout
+        // depth otherwise.
+        let versioned = Box::pin(self.keeps_versions()).await?;
         let mut counts = BTreeMap::new();
         // Only prefixes that held objects are listed again: for an empty one, the first listing
         // already is the check.
@@ -152,7 +207,7 @@ impl S3Connector {
         for (template, prefixes) in &prefixes {
             let mut deleted = 0u64;
             for prefix in prefixes {
-                let keys = self.list(prefix, "listing objects").await?;
+                let keys = self.entries(prefix, versioned, "listing objects").await?;
                 if !keys.is_empty() {
                     self.delete(&keys).await?;
                     to_verify.push((template, prefix));
@@ -163,7 +218,10 @@ impl S3Connector {
         }
         let mut left_by_template: BTreeMap<&String, u64> = BTreeMap::new();
         for (template, prefix) in to_verify {
-            let left = self.list(prefix, "verifying the erasure").await?.len() as u64;
+            let left = self
+                .entries(prefix, versioned, "verifying the erasure")
+                .await?
+                .len() as u64;
             if left > 0 {
                 *left_by_template.entry(template).or_insert(0) += left;
             }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lethe_common::datamap::{placeholders, render};
+use lethe_common::datamap::{Matching, placeholders, render};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::Identities;
 use lethe_common::worker::TaskError;
@@ -21,6 +21,16 @@ pub(crate) fn usable_values(values: &[String]) -> Vec<&str> {
         .map(String::as_str)
         .filter(|v| !v.trim().is_empty())
         .filter(|v| seen.insert(*v))
+        .collect()
+}
+
+/// The task's values with, for every normalised identity, each value's normalised spelling
+/// beside the value as given: a key or prefix template is tried with both, since a key may have
+/// been written with either (`last_seen:Ada@Example.com` or `last_seen:ada@example.com`).
+pub(crate) fn with_spellings(identities: &Identities, matching: &Matching) -> Identities {
+    identities
+        .iter()
+        .map(|(name, values)| (name.clone(), matching.spellings(name, values)))
         .collect()
 }
 
@@ -110,6 +120,20 @@ mod tests {
             vec!["a@x/1/".to_owned(), "a@x/2/".to_owned()]
         );
         assert!(render_all("p:{phone}", &identities).is_empty());
+    }
+
+    #[test]
+    fn templates_are_tried_with_the_value_as_given_and_normalised() {
+        let identities = ids(&[("email", &["Ada@Example.com"]), ("user_id", &["7"])]);
+        let spelled = with_spellings(&identities, &Matching::default());
+        assert_eq!(
+            render_all("last_seen:{email}", &spelled),
+            vec![
+                "last_seen:Ada@Example.com".to_owned(),
+                "last_seen:ada@example.com".to_owned()
+            ]
+        );
+        assert_eq!(render_all("s:{user_id}", &spelled), vec!["s:7".to_owned()]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lethe_common::datamap::Collection;
+use lethe_common::datamap::{Collection, Matching};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskReport};
 use lethe_common::privacy::IdentityHasher;
@@ -28,6 +28,7 @@ pub(crate) struct SqlConnector<B> {
     pub(super) store: StoreName,
     backend: B,
     pub(super) collections: Vec<Collection>,
+    matching: Matching,
     hasher: IdentityHasher,
     plan: OnceCell<Arc<Plan>>,
 }
@@ -37,12 +38,14 @@ impl<B: Backend> SqlConnector<B> {
         store: StoreName,
         backend: B,
         collections: Vec<Collection>,
+        matching: Matching,
         hasher: IdentityHasher,
     ) -> Self {
         Self {
             store,
             backend,
             collections,
+            matching,
             hasher,
             plan: OnceCell::new(),
         }
@@ -80,6 +83,7 @@ impl<B: Backend> SqlConnector<B> {
             B::Session::DIALECT,
             &self.store,
             &self.collections,
+            &self.matching,
             &live,
         ))
     }

@@ -1,7 +1,7 @@
 //! The two SQL dialects: quoting of names and the expressions that differ between PostgreSQL
 //! and MariaDB (casts, patterns, "already masked" tests).
 
-use lethe_common::datamap::Mask;
+use lethe_common::datamap::{Mask, Normalization};
 
 /// What a `redact` mask writes.
 pub(crate) const REDACTED: &str = "[redacted]";
@@ -45,6 +45,24 @@ impl Dialect {
         match self {
             Dialect::Postgres => format!("{expression} ~ '{pattern}'"),
             Dialect::Mysql => format!("{expression} REGEXP '{pattern}'"),
+        }
+    }
+
+    /// A match column as its identity is normalised, for comparing with normalised values.
+    /// Emails: PostgreSQL compares `lower(column)` (an expression index `(lower(email))` serves
+    /// it); MariaDB's default collations already compare case-insensitively, so the column is
+    /// compared as it is and its ordinary index serves. Phones: every character but digits and
+    /// `+` removed, compared with each spelling of the number (`+44...`, `0044...`, `0...`).
+    pub(crate) fn normalized(self, column: &str, normalization: Normalization) -> String {
+        match (self, normalization) {
+            (_, Normalization::None) | (Dialect::Mysql, Normalization::Email) => column.to_owned(),
+            (Dialect::Postgres, Normalization::Email) => format!("lower({column})"),
+            (Dialect::Postgres, Normalization::Phone) => {
+                format!("regexp_replace({column}, '[^0-9+]', '', 'g')")
+            }
+            (Dialect::Mysql, Normalization::Phone) => {
+                format!("REGEXP_REPLACE({column}, '[^0-9+]', '')")
+            }
         }
     }
 

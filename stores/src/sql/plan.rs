@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lethe_common::datamap::{Collection, EraseStrategy, Mask};
+use lethe_common::datamap::{Collection, EraseStrategy, Mask, Matching, Normalization};
 use lethe_common::ids::StoreName;
 
 use super::dialect::{Dialect, REDACTED};
@@ -33,6 +33,8 @@ pub(crate) struct CollectionPlan {
     pub(crate) object: Option<String>,
     /// Every column of the table, in table order (what a collect task exports).
     pub(crate) columns: Vec<ColumnInfo>,
+    /// The data map's normalisation (phone spellings need its default region).
+    pub(crate) matching: Matching,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub(crate) struct MatchColumn {
     pub(crate) identity: String,
     pub(crate) column: String,
     pub(crate) family: Family,
+    /// How the identity's values and the column's are brought to one spelling.
+    pub(crate) normalization: Normalization,
 }
 
 #[derive(Debug)]
@@ -56,13 +60,14 @@ pub(crate) struct Target {
     pub(crate) type_name: String,
 }
 
-/// Identities whose values are free text (addresses, numbers as people write them): they are
-/// only ever compared with text columns. Any other identity may live in integer, UUID or text
-/// columns.
-fn is_text_identity(identity: &str) -> bool {
-    ["email", "phone"]
-        .iter()
-        .any(|t| identity == *t || identity.ends_with(&format!("_{t}")))
+/// Identities whose values are free text (addresses, numbers as people write them, anything
+/// normalised): they are only ever compared with text columns. Any other identity may live in
+/// integer, UUID or text columns.
+fn is_text_identity(matching: &Matching, identity: &str) -> bool {
+    matching.rule(identity) != Normalization::None
+        || ["email", "phone"]
+            .iter()
+            .any(|t| identity == *t || identity.ends_with(&format!("_{t}")))
 }
 
 fn family_name(family: Family) -> &'static str {
@@ -81,8 +86,10 @@ pub(crate) fn build_plan(
     dialect: Dialect,
     store: &StoreName,
     collections: &[Collection],
+    matching: &Matching,
     live: &LiveSchema,
 ) -> Result<Plan, Vec<String>> {
+    let is_text_identity = |identity: &str| is_text_identity(matching, identity);
     let mut problems = Vec::new();
     let find_table = |table: &str| -> (String, String, Option<&Vec<ColumnInfo>>) {
         let (schema, name) = split_table(table);
@@ -180,6 +187,7 @@ pub(crate) fn build_plan(
                 identity: identity.clone(),
                 column: dialect.ident(&info.name),
                 family: info.family,
+                normalization: matching.rule(identity),
             });
         }
         for (identity, name) in &c.provides {
@@ -260,6 +268,7 @@ pub(crate) fn build_plan(
             restrict,
             object,
             columns: columns.clone(),
+            matching: matching.clone(),
         });
     }
     if !problems.is_empty() {

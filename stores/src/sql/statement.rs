@@ -1,6 +1,7 @@
 //! Statements built with bound values: the builder that numbers placeholders, and how a task's
 //! identity values are shaped for the columns they are compared with.
 
+use lethe_common::datamap::{Matching, Normalization};
 use lethe_common::messages::Identities;
 
 use super::dialect::Dialect;
@@ -102,18 +103,20 @@ impl Sql {
         }
     }
 
-    /// `(c1 IN (...) OR c2 IN (...))`, columns qualified with `alias` if given.
+    /// `(c1 IN (...) OR c2 IN (...))`, columns qualified with `alias` if given and brought to
+    /// the spelling their identity is normalised to (`lower(email)`, the phone's digits).
     pub(crate) fn push_match(&mut self, matcher: &Matcher, alias: Option<&str>) {
         self.push("(");
-        for (i, (column, values)) in matcher.0.iter().enumerate() {
+        for (i, part) in matcher.0.iter().enumerate() {
             if i > 0 {
                 self.push(" OR ");
             }
             let column = match alias {
-                Some(alias) => format!("{alias}.{column}"),
-                None => column.clone(),
+                Some(alias) => format!("{alias}.{}", part.column),
+                None => part.column.clone(),
             };
-            self.push_in(&column, values);
+            let expression = self.dialect.normalized(&column, part.normalization);
+            self.push_in(&expression, &part.values);
         }
         self.push(")");
     }
@@ -167,22 +170,62 @@ impl KeyValues {
     }
 }
 
+/// One match column of a [`Matcher`]: the column, how its values are normalised before the
+/// comparison, and the values compared with.
+#[derive(Debug, Clone)]
+pub(crate) struct MatchPart {
+    /// Quoted.
+    pub(crate) column: String,
+    pub(crate) normalization: Normalization,
+    pub(crate) values: KeyValues,
+}
+
 /// How a task's values find a collection's rows: per match column, the values to compare.
 #[derive(Debug, Clone)]
-pub(crate) struct Matcher(pub(crate) Vec<(String, KeyValues)>);
+pub(crate) struct Matcher(pub(crate) Vec<MatchPart>);
 
 impl Matcher {
     /// `None` when the task has no usable value for any identity the collection matches on:
     /// then the collection holds nothing of the subject as far as this task can tell.
     pub(crate) fn new(collection: &CollectionPlan, identities: &Identities) -> Option<Self> {
-        let parts: Vec<(String, KeyValues)> = collection
+        let parts: Vec<MatchPart> = collection
             .matches
             .iter()
             .filter_map(|m| {
                 let values = identities.get(&m.identity)?;
-                Some((m.column.clone(), KeyValues::for_column(m.family, values)?))
+                let values = match m.normalization {
+                    Normalization::None => KeyValues::for_column(m.family, values)?,
+                    normalization => {
+                        normalized_values(&collection.matching, normalization, values)?
+                    }
+                };
+                Some(MatchPart {
+                    column: m.column.clone(),
+                    normalization: m.normalization,
+                    values,
+                })
             })
             .collect();
         (!parts.is_empty()).then_some(Self(parts))
     }
+}
+
+/// The values a normalised text column is compared with, in the spelling the column's
+/// expression (`Dialect::normalized`) brings stored values to: emails trimmed and lowercased;
+/// for phones every separator-free spelling of each number (`Matching::phone_candidates`).
+fn normalized_values(
+    matching: &Matching,
+    normalization: Normalization,
+    values: &[String],
+) -> Option<KeyValues> {
+    let values = usable_values(values);
+    let mut shaped: Vec<String> = match normalization {
+        Normalization::Email => values.iter().map(|v| v.trim().to_lowercase()).collect(),
+        Normalization::Phone => matching.phone_candidates(&values),
+        Normalization::None => values.iter().map(|v| (*v).to_owned()).collect(),
+    };
+    shaped.sort();
+    shaped.dedup();
+    shaped.retain(|v| !v.is_empty());
+    (!shaped.is_empty()).then_some(KeyValues::Texts(shaped))
 }

@@ -1,13 +1,13 @@
 //! The plan and the statements, checked without a database.
 
-use lethe_common::datamap::{Collection, DataMap, Mask};
+use lethe_common::datamap::{Collection, DataMap, Mask, Matching, Normalization};
 use lethe_common::ids::StoreName;
 
 use super::dialect::Dialect;
 use super::plan::build_plan;
 use super::queries::log_statements;
 use super::schema::{ColumnInfo, Family, LiveSchema};
-use super::statement::{Bind, KeyValues, Matcher, Sql, Statement};
+use super::statement::{Bind, KeyValues, MatchPart, Matcher, Sql, Statement};
 
 fn column(name: &str, type_name: &str, family: Family, nullable: bool) -> ColumnInfo {
     ColumnInfo {
@@ -98,8 +98,14 @@ const GOOD: &str = r#"
 
 #[test]
 fn deletions_run_children_first_whatever_the_data_map_order() {
-    let plan = build_plan(Dialect::Postgres, &store(), &collections(GOOD), &live())
-        .unwrap_or_else(|p| panic!("{p:?}"));
+    let plan = build_plan(
+        Dialect::Postgres,
+        &store(),
+        &collections(GOOD),
+        &Matching::default(),
+        &live(),
+    )
+    .unwrap_or_else(|p| panic!("{p:?}"));
     let names: Vec<&str> = plan
         .delete_order
         .iter()
@@ -113,8 +119,14 @@ fn a_cycle_of_foreign_keys_falls_back_to_data_map_order() {
     let mut live = live();
     live.foreign_keys
         .push((table("users"), table("access_log")));
-    let plan = build_plan(Dialect::Postgres, &store(), &collections(GOOD), &live)
-        .unwrap_or_else(|p| panic!("{p:?}"));
+    let plan = build_plan(
+        Dialect::Postgres,
+        &store(),
+        &collections(GOOD),
+        &Matching::default(),
+        &live,
+    )
+    .unwrap_or_else(|p| panic!("{p:?}"));
     assert_eq!(plan.delete_order, [0, 2]);
 }
 
@@ -136,10 +148,16 @@ fn every_mismatch_with_the_live_schema_is_listed() {
         retain = "tax law"
         restrict = { column = "user_id" }
     "#;
-    let problems = build_plan(Dialect::Postgres, &store(), &collections(text), &live())
-        .err()
-        .unwrap_or_default()
-        .join("\n");
+    let problems = build_plan(
+        Dialect::Postgres,
+        &store(),
+        &collections(text),
+        &Matching::default(),
+        &live(),
+    )
+    .err()
+    .unwrap_or_default()
+    .join("\n");
     for expected in [
         "table `nope` does not exist in schema `public`",
         "column `user_id` (match `email`) is bigint, but `email` values are text",
@@ -182,11 +200,16 @@ fn integer_columns_only_meet_canonical_integers() {
 
 fn delete_statement(dialect: Dialect) -> Statement {
     let matcher = Matcher(vec![
-        (
-            dialect.ident("email"),
-            KeyValues::Texts(vec!["a".into(), "b".into()]),
-        ),
-        (dialect.ident("user_id"), KeyValues::Ints(vec![7])),
+        MatchPart {
+            column: dialect.ident("email"),
+            normalization: Normalization::Email,
+            values: KeyValues::Texts(vec!["a".into(), "b".into()]),
+        },
+        MatchPart {
+            column: dialect.ident("user_id"),
+            normalization: Normalization::None,
+            values: KeyValues::Ints(vec![7]),
+        },
     ]);
     let mut sql = Sql::new(dialect);
     sql.push("DELETE FROM ")
@@ -236,7 +259,7 @@ fn values_are_bound_never_spliced_in_either_dialect() {
     let pg = delete_statement(Dialect::Postgres);
     assert_eq!(
         pg.sql,
-        r#"DELETE FROM "app"."users" WHERE ("email" = ANY($1) OR "user_id" = ANY($2))"#
+        r#"DELETE FROM "app"."users" WHERE (lower("email") = ANY($1) OR "user_id" = ANY($2))"#
     );
     assert_eq!(
         pg.binds,
@@ -271,4 +294,64 @@ fn masked_values_are_recognised_so_masks_apply_once() {
         "(`c` IS NULL OR `c` = '[redacted]')"
     );
     assert_eq!(Dialect::Mysql.masked("`c`", Mask::Null), "`c` IS NULL");
+}
+
+#[test]
+fn phones_are_compared_by_their_digits_against_every_spelling() {
+    let matching = Matching {
+        phone_region: Some("GB".to_owned()),
+        ..Matching::default()
+    };
+    let text = GOOD
+        .replace(
+            r#"["email", "user_id"]"#,
+            r#"["email", "phone", "user_id"]"#,
+        )
+        .replace(
+            "match = { email = \"email\" }",
+            "match = { email = \"email\", phone = \"phone\" }",
+        );
+    let mut live = live();
+    if let Some(users) = live.tables.get_mut(&table("users")) {
+        users.push(column("phone", "text", Family::Text, true));
+    }
+    let collection = build_plan(
+        Dialect::Postgres,
+        &store(),
+        &collections(&text),
+        &matching,
+        &live,
+    )
+    .unwrap_or_else(|p| panic!("{p:?}"));
+    let users = &collection.collections[0];
+    let identities = std::collections::BTreeMap::from([
+        ("phone".to_owned(), vec!["020 7946 0000".to_owned()]),
+        ("email".to_owned(), vec!["Ada@Example.COM".to_owned()]),
+    ]);
+    let matcher = Matcher::new(users, &identities).unwrap_or_else(|| panic!("no matcher"));
+    for dialect in [Dialect::Postgres, Dialect::Mysql] {
+        let mut sql = Sql::new(dialect);
+        sql.push_match(&matcher, None);
+        let text = sql.finish().sql;
+        assert!(text.contains("'[^0-9+]'"), "{text}");
+    }
+    let phone = matcher
+        .0
+        .iter()
+        .find(|p| p.normalization == Normalization::Phone)
+        .unwrap_or_else(|| panic!("no phone part"));
+    let KeyValues::Texts(spellings) = &phone.values else {
+        panic!("phones are text")
+    };
+    assert!(spellings.iter().any(|s| s == "+442079460000"));
+    assert!(spellings.iter().any(|s| s == "02079460000"));
+    let email = matcher
+        .0
+        .iter()
+        .find(|p| p.normalization == Normalization::Email)
+        .unwrap_or_else(|| panic!("no email part"));
+    assert_eq!(
+        email.values,
+        KeyValues::Texts(vec!["ada@example.com".into()])
+    );
 }

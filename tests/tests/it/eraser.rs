@@ -26,7 +26,7 @@ const DEPENDENT_STORES: [&str; 3] = ["chat", "sessions", "files"];
 const RESULTS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Publishes `tasks`, runs the eraser until idle, and returns their results in task order.
-async fn run_tasks(bed: &EraserBed, tasks: &[TaskMessage]) -> Result<Vec<TaskResult>> {
+pub(crate) async fn run_tasks(bed: &EraserBed, tasks: &[TaskMessage]) -> Result<Vec<TaskResult>> {
     for task in tasks {
         bed.publish(task).await?;
     }
@@ -49,7 +49,7 @@ async fn run_tasks(bed: &EraserBed, tasks: &[TaskMessage]) -> Result<Vec<TaskRes
 }
 
 /// The report of a done task; an error naming the failure otherwise.
-fn done(result: &TaskResult) -> Result<&TaskReport> {
+pub(crate) fn done(result: &TaskResult) -> Result<&TaskReport> {
     match &result.outcome {
         TaskOutcome::Done(report) => Ok(report),
         TaskOutcome::Failed { code, reason } => bail!(
@@ -147,7 +147,7 @@ fn expected_reports(s: &Subject) -> BTreeMap<String, BTreeMap<String, u64>> {
 
 /// What the stores hold after `erased` are gone from `before`: everything of theirs but the
 /// invoices, which the data map retains (masked).
-fn without(before: &Counts, erased: &[&Subject]) -> Counts {
+pub(crate) fn without(before: &Counts, erased: &[&Subject]) -> Counts {
     let mut expected = before.clone();
     for s in erased {
         for (store, collection, n) in s.counts().iter() {
@@ -160,7 +160,7 @@ fn without(before: &Counts, erased: &[&Subject]) -> Counts {
 }
 
 /// Whether any store still holds a record found by the subject's identities.
-async fn holds_anything_of(bed: &EraserBed, s: &Subject) -> Result<Vec<String>> {
+pub(crate) async fn holds_anything_of(bed: &EraserBed, s: &Subject) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let id = s.user.id;
     for (table, sql) in [

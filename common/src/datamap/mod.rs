@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 use crate::ids::StoreName;
 
+mod normalize;
+
+pub use normalize::{Matching, Normalization};
+
 /// The whole map.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +24,12 @@ pub struct DataMap {
     /// Every identity name: the ones clients give (email, phone) and the ones stores derive
     /// (user_id).
     pub identities: Vec<String>,
+    /// How each identity's values are normalised before they are compared (`email`, `phone`,
+    /// `none`); an identity not named here goes by its name ([`Normalization::by_name`]).
+    #[serde(default)]
+    pub normalize: BTreeMap<String, Normalization>,
+    /// The region (ISO 3166, `GB`) in which phone numbers written nationally are read.
+    pub phone_region: Option<String>,
     /// The stores by name.
     pub stores: BTreeMap<StoreName, Store>,
 }
@@ -46,6 +56,9 @@ pub struct SqlStore {
     pub url_env: String,
     /// The tables holding personal data.
     pub collections: Vec<Collection>,
+    /// The map's normalisation of identities (filled in by [`DataMap::parse`]).
+    #[serde(skip)]
+    pub matching: Matching,
 }
 
 /// One table.
@@ -146,6 +159,9 @@ pub struct RedisStore {
     pub restrict: Option<FlagSet>,
     /// Objection recorded by adding the subject to a set.
     pub object: Option<FlagSet>,
+    /// The map's normalisation of identities (filled in by [`DataMap::parse`]).
+    #[serde(skip)]
+    pub matching: Matching,
 }
 
 /// A Redis set that records a flag by holding the subject's identity.
@@ -172,6 +188,9 @@ pub struct S3Store {
     pub access_key_id_env: Option<String>,
     /// Environment variable with the secret key; unset means Lethe's own.
     pub secret_access_key_env: Option<String>,
+    /// The map's normalisation of identities (filled in by [`DataMap::parse`]).
+    #[serde(skip)]
+    pub matching: Matching,
 }
 
 /// A data map that cannot be used: every problem found, one per line.
@@ -230,15 +249,33 @@ impl DataMap {
 
     /// Parses and checks a map given as TOML text.
     pub fn parse(text: &str) -> Result<Self, DataMapError> {
-        let map: DataMap = toml::from_str(text).map_err(|e| DataMapError::Parse {
+        let mut map: DataMap = toml::from_str(text).map_err(|e| DataMapError::Parse {
             path: "(text)".into(),
             message: e.to_string(),
         })?;
+        // Each store carries the map's normalisation, so a connector built from its entry
+        // alone compares values as the whole map says.
+        let matching = map.matching();
+        for store in map.stores.values_mut() {
+            match store {
+                Store::Postgres(sql) | Store::Mysql(sql) => sql.matching = matching.clone(),
+                Store::Redis(redis) => redis.matching = matching.clone(),
+                Store::S3(s3) => s3.matching = matching.clone(),
+            }
+        }
         let problems = map.problems();
         if problems.is_empty() {
             Ok(map)
         } else {
             Err(DataMapError::Invalid(problems))
+        }
+    }
+
+    /// How the map's identities are normalised.
+    pub fn matching(&self) -> Matching {
+        Matching {
+            rules: self.normalize.clone(),
+            phone_region: self.phone_region.clone(),
         }
     }
 
@@ -259,6 +296,7 @@ impl DataMap {
                 ));
             }
         }
+        problems.extend(self.matching().problems(&declared));
         if self.stores.is_empty() {
             problems.push("no stores are defined under [stores]".to_owned());
         }
@@ -588,7 +626,7 @@ fn is_sql_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = include_str!("../../config/datamap.toml");
+    const SAMPLE: &str = include_str!("../../../config/datamap.toml");
 
     #[test]
     fn the_sample_data_map_is_valid() {
