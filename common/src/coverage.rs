@@ -51,10 +51,7 @@ pub fn yields(map: &DataMap) -> BTreeMap<String, BTreeSet<String>> {
         for from in collection.matches.keys() {
             for to in &named {
                 if *to != from {
-                    edges
-                        .entry(from.clone())
-                        .or_default()
-                        .insert((*to).clone());
+                    edges.entry(from.clone()).or_default().insert((*to).clone());
                 }
             }
         }
@@ -290,7 +287,10 @@ impl fmt::Display for Coverage {
             writeln!(f, "  through the closure: {}", list(&reach.through_closure))?;
         }
         if self.findings.is_empty() {
-            writeln!(f, "every collection is reached from an identity requests carry")?;
+            writeln!(
+                f,
+                "every collection is reached from an identity requests carry"
+            )?;
         } else {
             writeln!(f, "{} problem(s):", self.findings.len())?;
             for finding in &self.findings {
@@ -377,8 +377,14 @@ mod tests {
         let coverage = check(&map, &usually_carried(&map));
         let email = &coverage.identities[0];
         assert_eq!(email.direct, vec!["a.users"]);
-        assert_eq!(email.through_closure, vec!["b.accounts", "c.acct:{account_id}"]);
-        assert_eq!(coverage.identities[3].direct, vec!["d.devices/{device_id}/"]);
+        assert_eq!(
+            email.through_closure,
+            vec!["b.accounts", "c.acct:{account_id}"]
+        );
+        assert_eq!(
+            coverage.identities[3].direct,
+            vec!["d.devices/{device_id}/"]
+        );
         assert!(coverage.findings.is_empty(), "{coverage}");
     }
 
