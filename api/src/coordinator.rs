@@ -18,6 +18,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::Instrument as _;
 
+use crate::closure;
 use crate::model::{RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, Planner};
@@ -163,14 +164,20 @@ impl Coordinator {
                     )
                     .await?;
                 }
-                if result.task == TaskKind::Resolve && !report.derived.is_empty() {
-                    let merged = merge(request.identities.as_ref().map(|j| &j.0), &report.derived);
-                    sqlx::query("UPDATE request SET identities = $2 WHERE id = $1")
+                if result.task == TaskKind::Resolve {
+                    let known = request.identities.as_ref().map(|j| &j.0);
+                    let found = closure::new_values(known, &report.derived);
+                    let merged = merge(known, &report.derived);
+                    let mut record = request.closure.take().map(|j| j.0).unwrap_or_default();
+                    record.record(&store, report.counts.values().sum(), found, &merged);
+                    sqlx::query("UPDATE request SET identities = $2, closure = $3 WHERE id = $1")
                         .bind(request.id)
                         .bind(Json(&merged))
+                        .bind(Json(&record))
                         .execute(&mut *tx)
                         .await?;
                     request.identities = Some(Json(merged));
+                    request.closure = Some(Json(record));
                 }
                 requests::audit(
                     &mut tx,
@@ -247,6 +254,9 @@ impl Coordinator {
             }
             return Ok(());
         }
+        if phase == Phase::Resolve && self.next_round(tx, request).await? {
+            return Ok(());
+        }
         let (next, tasks) = self
             .planner
             .after(phase, request.kind(), &request.changed_fields());
@@ -289,17 +299,113 @@ impl Coordinator {
         Ok(())
     }
 
+    /// At the end of a resolve round: issues the next round when some store found identities
+    /// another store searches with (`true`), or records the closure as complete (`false`).
+    /// A closure still growing after the planner's bound fails the request.
+    async fn next_round(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        request: &RequestRow,
+    ) -> anyhow::Result<bool> {
+        let mut record = request
+            .closure
+            .as_ref()
+            .map(|j| j.0.clone())
+            .unwrap_or_default();
+        let tasks = self.planner.next_round(&record.grown());
+        if tasks.is_empty() {
+            record.complete = true;
+            sqlx::query("UPDATE request SET closure = $2 WHERE id = $1")
+                .bind(request.id)
+                .bind(Json(&record))
+                .execute(&mut **tx)
+                .await?;
+            return Ok(false);
+        }
+        let max = self.planner.max_rounds();
+        if record.round() >= max {
+            let reason = format!(
+                "the identity closure still grew after {max} resolve rounds; \
+                 nothing was erased or collected"
+            );
+            self.fail(tx, request, &reason).await?;
+            return Ok(true);
+        }
+        let identities = request
+            .identities
+            .as_ref()
+            .map(|j| j.0.clone())
+            .unwrap_or_default();
+        // A store asked again gets a new generation: its earlier result is then no longer
+        // current, and the new task is not dropped as a duplicate of the earlier one.
+        let generation: i32 = sqlx::query_scalar(
+            "SELECT COALESCE(max(generation) + 1, 0) FROM task WHERE request_id = $1 AND kind = 'resolve'",
+        )
+        .bind(request.id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let generation = u32::try_from(generation).unwrap_or(0);
+        record.begin_round(&self.planner, &identities, &tasks);
+        let trace = request
+            .traceparent
+            .parse::<Traceparent>()
+            .unwrap_or_else(|_| Traceparent::new_root());
+        requests::insert_tasks(tx, request.id, Phase::Resolve, &tasks, generation).await?;
+        let mut outgoing = Outgoing::default();
+        let context = TaskContext {
+            request: request.id,
+            identities: &identities,
+            params: &request.params.0,
+            generation,
+            trace: &trace,
+        };
+        outgoing.tasks(&self.names, context, &tasks)?;
+        outgoing.write(tx).await?;
+        sqlx::query(
+            "UPDATE request SET closure = $2, status = 'in_progress', updated_at = now() WHERE id = $1",
+        )
+        .bind(request.id)
+        .bind(Json(&record))
+        .execute(&mut **tx)
+        .await?;
+        requests::audit(
+            tx,
+            Some(request.tenant_id),
+            Some(request.id),
+            "request.resolve_round",
+            json!({ "round": record.round(), "tasks": tasks.len() }),
+        )
+        .await?;
+        Ok(true)
+    }
+
     async fn complete(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         request: &RequestRow,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
+        // Found: a resolve round found rows, or a task counted records (an export's `bytes`
+        // are no records). A subject no store knows completes with `found = false`.
+        let counted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM task, jsonb_each_text(task.counts) AS c(name, n)
+             WHERE task.request_id = $1 AND task.status = 'done' AND c.name <> 'bytes'
+               AND c.n ~ '^[0-9]+$' AND c.n::numeric > 0)",
+        )
+        .bind(request.id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let found = counted
+            || request
+                .closure
+                .as_ref()
+                .is_some_and(|closure| closure.0.found_rows());
         sqlx::query(
-            "UPDATE request SET status = 'completed', phase = 'done', completed_at = $2, updated_at = now() WHERE id = $1",
+            "UPDATE request SET status = 'completed', phase = 'done', completed_at = $2, found = $3, updated_at = now() WHERE id = $1",
         )
         .bind(request.id)
         .bind(now)
+        .bind(found)
         .execute(&mut **tx)
         .await?;
         if request.kind() == RequestKind::Erasure {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod audit;
+pub mod closure;
 pub mod coordinator;
 pub mod deadlines;
 pub mod error;

@@ -1,7 +1,8 @@
 //! Which tasks a request needs, phase by phase, derived from the data map (DESIGN §2).
 //!
-//! 1. **resolve**: stores that derive identities (email -> user_id) are asked first, unless
-//!    the subject already carries every identity they derive;
+//! 1. **resolve**: stores whose rows yield identities (email -> user_id, phone -> email) are
+//!    asked first, in rounds across stores until no new identity appears (the closure: a
+//!    store deriving `account_id` from another store's `user_id` is asked in the second);
 //! 2. **act**: one task per concerned store, in parallel; for an erasure, stores that derive
 //!    identities are held back to phase **act_last**, so they are erased only after every
 //!    store that depends on their identities confirmed;
@@ -11,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
+use lethe_common::coverage;
 use lethe_common::datamap::{DataMap, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskKind, UnknownName};
@@ -103,31 +105,78 @@ impl Planner {
             .collect()
     }
 
-    /// The first phase of a new request and its tasks.
+    /// The kinds `store`'s resolve task searches with (empty: it yields no identity and gets
+    /// no resolve task).
+    pub fn resolving_kinds(&self, store: &StoreName) -> BTreeSet<String> {
+        coverage::resolving_kinds(&self.map, store)
+    }
+
+    /// The kinds `store` is searched with by its other tasks.
+    pub fn search_kinds(&self, store: &StoreName) -> BTreeSet<String> {
+        coverage::search_kinds(&self.map, store)
+    }
+
+    /// The most resolve rounds a request runs. A hop across stores adds an identity kind the
+    /// previous round did not have, so as many rounds as kinds (plus one that finds nothing
+    /// new) close any chain of kinds; a request still growing after that is linked value to
+    /// value (two accounts sharing a phone, and so on) and fails rather than erasing a part.
+    pub fn max_rounds(&self) -> u32 {
+        u32::try_from(self.map.identities.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+
+    /// Resolve tasks for the stores that yield identities and that `wanted` keeps.
+    fn resolve_tasks(
+        &self,
+        wanted: impl Fn(&StoreName, &BTreeSet<String>) -> bool,
+    ) -> Vec<PlannedTask> {
+        self.map
+            .stores
+            .keys()
+            .filter(|store| {
+                let kinds = self.resolving_kinds(store);
+                !kinds.is_empty() && wanted(store, &kinds)
+            })
+            .map(|store| PlannedTask {
+                kind: TaskKind::Resolve,
+                store: Some(store.clone()),
+            })
+            .collect()
+    }
+
+    /// The first phase of a new request and its tasks: a first resolve round on every store
+    /// that yields identities and can search with one the request carries.
     pub fn start(
         &self,
         kind: RequestKind,
         identities: &Identities,
         changes: &BTreeSet<String>,
     ) -> (Phase, Vec<PlannedTask>) {
-        let missing_derived: Vec<&StoreName> = self
-            .providers()
-            .into_iter()
-            .filter(|(_, provided)| provided.iter().any(|id| !identities.contains_key(*id)))
-            .map(|(name, _)| name)
-            .collect();
-        if missing_derived.is_empty() {
+        let tasks = self.resolve_tasks(|_, kinds| {
+            identities
+                .iter()
+                .any(|(k, values)| !values.is_empty() && kinds.contains(k))
+        });
+        if tasks.is_empty() {
             self.after(Phase::Resolve, kind, changes)
         } else {
-            let tasks = missing_derived
-                .into_iter()
-                .map(|store| PlannedTask {
-                    kind: TaskKind::Resolve,
-                    store: Some(store.clone()),
-                })
-                .collect();
             (Phase::Resolve, tasks)
         }
+    }
+
+    /// The next resolve round after one in which `grown` (identity kind -> stores that found
+    /// new values of it) appeared: every store that searches with a kind another store grew.
+    /// A store's own finds need no second look: its resolve task already followed them to a
+    /// fixed point within the store. Empty when the closure is complete.
+    pub fn next_round(&self, grown: &BTreeMap<String, BTreeSet<String>>) -> Vec<PlannedTask> {
+        self.resolve_tasks(|store, kinds| {
+            kinds.iter().any(|kind| {
+                grown
+                    .get(kind)
+                    .is_some_and(|by| by.iter().any(|s| s != store.as_str()))
+            })
+        })
     }
 
     /// The phase that follows `finished` and its tasks, skipping phases with nothing to do.
@@ -346,5 +395,43 @@ mod tests {
                 store: Some(StoreName::parse("accounts").unwrap())
             }]
         );
+    }
+
+    const HOPS: &str = r#"
+        identities = ["email", "user_id", "account_id"]
+        [stores.a]
+        kind = "postgres"
+        url_env = "A"
+        [[stores.a.collections]]
+        table = "users"
+        match = { email = "email" }
+        provides = { user_id = "id" }
+        erase = "delete"
+        [stores.b]
+        kind = "mysql"
+        url_env = "B"
+        [[stores.b.collections]]
+        table = "accounts"
+        match = { user_id = "user_id" }
+        provides = { account_id = "id" }
+        erase = "delete"
+        [stores.c]
+        kind = "redis"
+        url_env = "C"
+        keys = ["acct:{account_id}"]
+    "#;
+
+    #[test]
+    fn a_store_deriving_from_another_stores_identity_gets_a_second_round() {
+        let planner = Planner::new(DataMap::parse(HOPS).unwrap());
+        let identities = Identities::from([("email".into(), vec!["x".into()])]);
+        let (phase, tasks) = planner.start(RequestKind::Erasure, &identities, &BTreeSet::new());
+        assert_eq!((phase, stores(&tasks)), (Phase::Resolve, vec!["a"]));
+        let grown = BTreeMap::from([("user_id".to_owned(), BTreeSet::from(["a".to_owned()]))]);
+        assert_eq!(stores(&planner.next_round(&grown)), vec!["b"]);
+        // b's own finds need no second look at b, and nothing searches with account_id.
+        let grown = BTreeMap::from([("account_id".to_owned(), BTreeSet::from(["b".to_owned()]))]);
+        assert!(planner.next_round(&grown).is_empty());
+        assert!(planner.max_rounds() >= 3);
     }
 }

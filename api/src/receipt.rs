@@ -1,6 +1,14 @@
 //! Erasure receipts, signed with Ed25519 so that anyone holding the published key can check
 //! them without trusting Lethe's API: the receipt's exact bytes travel base64-encoded next to
 //! the signature.
+//!
+//! What a receipt certifies (DESIGN §11): whether anything of the subject was found at all,
+//! the identity closure that was searched (rounds and hops across stores, identity kinds and
+//! counts, never values), per store the kinds it was searched with, what it erased and that
+//! querying it again found nothing left, and every collection kept masked or retained with
+//! the legal basis the data map states.
+
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -9,6 +17,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+
+use chrono::{DateTime, Utc};
+use lethe_common::datamap::{DataMap, EraseStrategy, Store};
+use lethe_common::ids::{RequestId, StoreName, TenantId};
+use lethe_common::messages::TaskKind;
+
+use crate::closure::Closure;
+use crate::requests::{RequestRow, TaskRow};
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key bytes follow.
 const SPKI_PREFIX: [u8; 12] = [
@@ -102,6 +118,159 @@ impl ReceiptSigner {
             ),
         }
     }
+}
+
+/// The content of an erasure receipt (version 2: `found`, `closure`, `hops`, `searched_with`
+/// and `kept` were added to version 1).
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    version: u32,
+    request_id: RequestId,
+    tenant_id: TenantId,
+    kind: &'static str,
+    subject_hash: String,
+    received_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    /// Whether any store held anything of the subject; `false` certifies that the identities,
+    /// and every identity they led to, matched nothing anywhere.
+    found: Option<bool>,
+    /// Values per identity kind the stores were searched with, after the closure.
+    identities: BTreeMap<String, u64>,
+    /// Every resolve round, per store: kinds searched with, new kinds found.
+    closure: Option<Closure>,
+    /// The hops of the closure: in which round which store turned which kinds into which new
+    /// ones.
+    hops: Vec<Hop>,
+    stores: Vec<ReceiptStore>,
+    /// Collections kept, masked or whole, and why.
+    kept: Vec<Kept>,
+    issued_at: DateTime<Utc>,
+}
+
+/// One derivation step of the closure.
+#[derive(Debug, Serialize)]
+struct Hop {
+    round: u32,
+    store: String,
+    from: BTreeMap<String, u64>,
+    to: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReceiptStore {
+    store: String,
+    task: String,
+    /// Values per identity kind the store was searched with.
+    searched_with: BTreeMap<String, u64>,
+    counts: BTreeMap<String, u64>,
+    remaining: Option<i64>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// A collection the erasure keeps.
+#[derive(Debug, Serialize)]
+struct Kept {
+    store: String,
+    collection: String,
+    /// `mask` (the rows stay with the named fields overwritten) or `retain` (unchanged).
+    handling: &'static str,
+    /// The masked fields.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    masked: Vec<String>,
+    /// The legal basis the data map states (`retain`); absent when it states none.
+    legal_basis: Option<String>,
+}
+
+impl Receipt {
+    /// The receipt of the completed erasure `row`, whose tasks are `tasks`, under `map`.
+    pub fn build(row: &RequestRow, tasks: Vec<TaskRow>, map: &DataMap, now: DateTime<Utc>) -> Self {
+        let closure = row.closure.as_ref().map(|j| j.0.clone());
+        let identities = closure
+            .as_ref()
+            .map(|c| c.identities.clone())
+            .unwrap_or_default();
+        let hops = closure
+            .iter()
+            .flat_map(|c| &c.rounds)
+            .flat_map(|round| {
+                round
+                    .stores
+                    .iter()
+                    .filter(|(_, hop)| !hop.found.is_empty())
+                    .map(|(store, hop)| Hop {
+                        round: round.round,
+                        store: store.clone(),
+                        from: hop.searched.clone(),
+                        to: hop.found.clone(),
+                    })
+            })
+            .collect();
+        let stores = tasks
+            .into_iter()
+            .filter(|t| t.kind == TaskKind::Erase)
+            .map(|t| {
+                let kinds = StoreName::parse(&t.store)
+                    .map(|name| lethe_common::coverage::search_kinds(map, &name))
+                    .unwrap_or_default();
+                ReceiptStore {
+                    searched_with: identities
+                        .iter()
+                        .filter(|(kind, _)| kinds.contains(*kind))
+                        .map(|(kind, n)| (kind.clone(), *n))
+                        .collect(),
+                    store: t.store,
+                    task: t.kind.as_str().to_owned(),
+                    counts: t.counts.0,
+                    remaining: t.remaining,
+                    finished_at: t.finished_at,
+                }
+            })
+            .collect();
+        Receipt {
+            version: 2,
+            request_id: row.id,
+            tenant_id: row.tenant_id,
+            kind: "erasure",
+            subject_hash: row.identity_hash.clone(),
+            received_at: row.received_at,
+            completed_at: row.completed_at,
+            found: row.found,
+            identities,
+            closure,
+            hops,
+            stores,
+            kept: kept(map),
+            issued_at: now,
+        }
+    }
+}
+
+/// Every collection of `map` that an erasure keeps, masked or whole.
+fn kept(map: &DataMap) -> Vec<Kept> {
+    map.stores
+        .iter()
+        .flat_map(|(name, store)| match store {
+            Store::Postgres(sql) | Store::Mysql(sql) => sql
+                .collections
+                .iter()
+                .filter_map(|c| {
+                    let (handling, masked) = match &c.erase {
+                        EraseStrategy::Delete => return None,
+                        EraseStrategy::Retain => ("retain", Vec::new()),
+                        EraseStrategy::Mask(columns) => ("mask", columns.keys().cloned().collect()),
+                    };
+                    Some(Kept {
+                        store: name.as_str().to_owned(),
+                        collection: c.table.clone(),
+                        handling,
+                        masked,
+                        legal_basis: c.retain.clone(),
+                    })
+                })
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::closure::Closure;
 use crate::deadlines;
 use crate::error::ApiError;
 use crate::model::{Accepted, RequestKind, RequestStatus, TaskStatus};
@@ -58,6 +59,10 @@ pub struct RequestRow {
     pub extension_reason: Option<String>,
     /// Completed.
     pub completed_at: Option<DateTime<Utc>>,
+    /// The identity closure: resolve rounds, kinds and counts (none for older requests).
+    pub closure: Option<Json<Closure>>,
+    /// Whether any store held anything of the subject (set on completion).
+    pub found: Option<bool>,
 }
 
 impl RequestRow {
@@ -102,7 +107,7 @@ impl RequestRow {
 /// Columns of [`RequestRow`], for `SELECT`s.
 pub const REQUEST_COLUMNS: &str = "id, tenant_id, kind, status, phase, identities, identity_hash, params, \
      traceparent, callback_url, failure, received_at, target_at, due_at, extended_at, \
-     extension_reason, completed_at";
+     extension_reason, completed_at, closure, found";
 
 /// The keyed hash standing for a subject's identities.
 pub fn identity_hash(hasher: &IdentityHasher, identities: &Identities) -> String {
@@ -297,6 +302,12 @@ impl Intake<'_> {
             RequestStatus::Received
         };
         let hash = identity_hash(self.hasher, &request.identities);
+        let resolving: Vec<PlannedTask> = if phase == Phase::Resolve {
+            tasks.clone()
+        } else {
+            Vec::new()
+        };
+        let closure = Closure::start(self.planner, &request.identities, &resolving);
         let audit =
             json!({ "kind": request.kind.as_str(), "tasks": tasks.len(), "phase": phase.as_str() });
 
@@ -306,9 +317,9 @@ impl Intake<'_> {
             "WITH r AS (
                 INSERT INTO request (id, tenant_id, kind, status, identities, identity_hash, params,
                     reason, callback_url, traceparent, phase, idempotency_key, idempotency_fingerprint,
-                    received_at, target_at, due_at, completed_at)
+                    received_at, target_at, due_at, completed_at, closure)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    CASE WHEN $4 = 'completed' THEN $14 END)
+                    CASE WHEN $4 = 'completed' THEN $14 END, $24)
                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id
              ), t AS (
@@ -346,6 +357,7 @@ impl Intake<'_> {
         .bind(&outgoing.traceparents)
         .bind(&outgoing.payloads)
         .bind(Json(&audit))
+        .bind(Json(&closure))
         .fetch_optional(self.pool)
         .await?;
 

@@ -9,16 +9,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use lethe_common::ids::RequestId;
-use lethe_common::messages::TaskKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
+use crate::closure::Closure;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Caller, StrictJson};
 use crate::keys::Scope;
 use crate::model::{Accepted, NewRequest, RequestKind, RequestStatus};
-use crate::receipt::{PublicKey, Signed};
+use crate::receipt::{PublicKey, Receipt, Signed};
 use crate::requests::{self, AuditRow, Intake, ListFilter, RequestRow, TaskRow};
 use crate::validate;
 
@@ -140,6 +140,11 @@ pub struct RequestView {
     pub completed_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub failure: Option<String>,
+    /// Once completed: whether any store held anything of the subject (`false`: the
+    /// identities matched nothing anywhere, even through the closure).
+    pub found: Option<bool>,
+    /// The identity closure: resolve rounds across stores, kinds and counts only.
+    pub closure: Option<Closure>,
     /// Per-store tasks.
     pub tasks: Vec<TaskView>,
     /// The audit trail.
@@ -241,6 +246,8 @@ pub async fn show(
         }),
         completed_at: row.completed_at,
         failure: row.failure.clone(),
+        found: row.found,
+        closure: row.closure.as_ref().map(|j| j.0.clone()),
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         audit,
     }))
@@ -439,31 +446,9 @@ pub async fn extend(
     Ok(Json(row.accepted()))
 }
 
-/// The content of an erasure receipt.
-#[derive(Debug, Serialize)]
-struct Receipt {
-    version: u32,
-    request_id: RequestId,
-    tenant_id: lethe_common::ids::TenantId,
-    kind: &'static str,
-    subject_hash: String,
-    received_at: DateTime<Utc>,
-    completed_at: Option<DateTime<Utc>>,
-    stores: Vec<ReceiptStore>,
-    issued_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize)]
-struct ReceiptStore {
-    store: String,
-    task: String,
-    counts: BTreeMap<String, u64>,
-    remaining: Option<i64>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-/// The signed receipt of a completed erasure: what each store erased and that re-querying it
-/// found nothing left.
+/// The signed receipt of a completed erasure: whether anything was found, the identity closure
+/// (rounds and hops, kinds and counts), per store the identity kinds it was searched with,
+/// what it erased and that re-querying it found nothing left, and what was kept and why.
 #[utoipa::path(
     get, path = "/v1/requests/{id}/receipt", tag = "requests",
     params(("id" = String, Path, description = "Request id")),
@@ -484,27 +469,7 @@ pub async fn receipt(
         });
     }
     let tasks = requests::tasks(&state.pool, row.id).await?;
-    let receipt = Receipt {
-        version: 1,
-        request_id: row.id,
-        tenant_id: row.tenant_id,
-        kind: "erasure",
-        subject_hash: row.identity_hash.clone(),
-        received_at: row.received_at,
-        completed_at: row.completed_at,
-        stores: tasks
-            .into_iter()
-            .filter(|t| t.kind == TaskKind::Erase)
-            .map(|t| ReceiptStore {
-                store: t.store,
-                task: t.kind.as_str().to_owned(),
-                counts: t.counts.0,
-                remaining: t.remaining,
-                finished_at: t.finished_at,
-            })
-            .collect(),
-        issued_at: Utc::now(),
-    };
+    let receipt = Receipt::build(&row, tasks, state.planner.map(), Utc::now());
     Ok(Json(
         state.receipts.sign(&receipt).map_err(anyhow::Error::from)?,
     ))

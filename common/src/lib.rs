@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod coverage;
 pub mod daemon;
 pub mod datamap;
 pub mod ids;

@@ -6,6 +6,7 @@ mod schema;
 use std::sync::Arc;
 
 use lethe_common::Settings;
+use lethe_common::coverage;
 use lethe_common::daemon::WorkerDaemon;
 use lethe_common::datamap::DataMap;
 use lethe_common::nats::Durable;
@@ -36,6 +37,7 @@ impl App {
     /// first task instead), connects to NATS and binds one durable consumer per store.
     pub async fn build(settings: &Settings, mode: RunMode) -> anyhow::Result<Self> {
         let map = Arc::new(DataMap::load(&settings.data_map_path()?)?);
+        log_coverage(&map);
         let hasher = IdentityHasher::new(settings.require_privacy()?.hash_key.clone());
         let worker = settings.worker("eraser", DEFAULT_OPS_PORT)?;
         let served = stores::served(&map, &worker.stores, settings)?;
@@ -73,4 +75,32 @@ impl App {
             .run(self.loops, self.readiness, shutdown, self.mode)
             .await
     }
+}
+
+/// Warns, at start-up, of every collection, key or prefix a request may miss (see
+/// `lethe-eraser coverage`). Names of stores, collections and identity kinds only.
+fn log_coverage(map: &DataMap) {
+    let coverage = coverage::check(map, &coverage::usually_carried(map));
+    for finding in &coverage.findings {
+        tracing::warn!(finding = %finding, "data map coverage: a request may miss this place");
+    }
+}
+
+/// The coverage report of the data map in `settings`: per identity, what it reaches directly
+/// and through the closure, then what a request may miss. `carried` names the identities
+/// requests carry (default: those no collection derives).
+pub fn coverage_report(
+    settings: &Settings,
+    carried: &[String],
+) -> anyhow::Result<coverage::Coverage> {
+    let map = DataMap::load(&settings.data_map_path()?)?;
+    let carried = if carried.is_empty() {
+        coverage::usually_carried(&map)
+    } else {
+        if let Some(unknown) = carried.iter().find(|k| !map.identities.contains(k)) {
+            anyhow::bail!("--carried names `{unknown}`, which the data map does not declare");
+        }
+        carried.iter().cloned().collect()
+    };
+    Ok(coverage::check(&map, &carried))
 }

@@ -71,6 +71,21 @@ pub(crate) fn render(
          \n",
         generated_at.format("%Y-%m-%d %H:%M:%S")
     );
+    let nothing = stores.iter().all(|s| {
+        s.fragment.collections.iter().all(|c| c.records == 0) && s.fragment.files.is_empty()
+    });
+    if nothing {
+        // Said plainly: an empty archive must not read as a failed one.
+        text.push_str(
+            "WE HOLD NO DATA ABOUT YOU\n\
+             -------------------------\n\
+             \n\
+             We searched every data store below with the identifiers you gave us, and with every\n\
+             identifier linked to them, and found no record about you. The folders below are\n\
+             empty for that reason.\n\
+             \n",
+        );
+    }
     for store in stores {
         let fragment = store.fragment;
         let _ = writeln!(text, "{}/  ({})", fragment.store, kind_text(&fragment.kind));
@@ -159,4 +174,53 @@ pub(crate) fn render(
          nesting, and are the better source for moving your data to another service.\n",
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::staging::StagedCollection;
+    use lethe_common::ids::StoreName;
+
+    fn fragment(records: u64) -> Fragment {
+        Fragment {
+            version: 1,
+            request_id: RequestId::new(),
+            store: StoreName::parse("accounts").unwrap(),
+            kind: "postgres".to_owned(),
+            collected_at: Utc::now(),
+            collections: vec![StagedCollection {
+                name: "users".to_owned(),
+                stem: Some("users".to_owned()),
+                object: None,
+                records,
+                bytes: 0,
+            }],
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_archive_with_no_record_says_we_hold_no_data_about_the_subject() {
+        let empty = fragment(0);
+        let text = render(
+            RequestId::new(),
+            Utc::now(),
+            &[StoreText {
+                fragment: &empty,
+                store: None,
+            }],
+        );
+        assert!(text.contains("WE HOLD NO DATA ABOUT YOU"), "{text}");
+        let full = fragment(1);
+        let text = render(
+            RequestId::new(),
+            Utc::now(),
+            &[StoreText {
+                fragment: &full,
+                store: None,
+            }],
+        );
+        assert!(!text.contains("WE HOLD NO DATA"), "{text}");
+    }
 }

@@ -9,16 +9,18 @@ use super::plan::{CollectionPlan, Target};
 use super::schema::{ColumnInfo, Family};
 use super::statement::{Bind, Matcher, Sql, Statement};
 
-/// `SELECT <provided columns as text> FROM t WHERE <match>`: the identities a collection
-/// derives for the subject.
+/// `SELECT <identity columns as text> FROM t WHERE <match>`: the identities a collection
+/// yields for the subject, one column per `(identity, column)` of `columns` (its `match` and
+/// `provides` columns: a row found by phone also yields its email).
 pub(crate) fn provided_values(
     dialect: Dialect,
     collection: &CollectionPlan,
     matcher: &Matcher,
+    columns: &[(&str, &str)],
 ) -> Statement {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ");
-    for (i, (_, column)) in collection.provides.iter().enumerate() {
+    for (i, (_, column)) in columns.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
         }

@@ -7,6 +7,7 @@
 mod api;
 mod backup;
 mod chaos;
+mod closure;
 mod config_errors;
 mod contract;
 mod coordinator;
