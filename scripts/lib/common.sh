@@ -36,6 +36,14 @@ S3_ACCESS_KEY=lethe
 S3_SECRET_KEY=lethe-local-secret
 S3S_VERSION=0.14.1
 S3S_BIN=$LETHE_HOME/s3s/bin/s3s-fs
+# The local mail catcher (npm maildev): SMTP for the privacy center's mails, and an HTTP API
+# (GET /email) through which tests and people read them.
+MAIL_HOST=127.0.0.1
+MAIL_SMTP_PORT=1025
+MAIL_HTTP_PORT=1080
+MAILDEV_VERSION=2.2.1
+MAILDEV_DIR=$LETHE_HOME/maildev
+MAILDEV_BIN=$MAILDEV_DIR/node_modules/maildev/bin/maildev
 
 # --- messages ---------------------------------------------------------------------------------
 
@@ -67,6 +75,8 @@ export_test_services() {
   export LETHE_TEST_S3_ACCESS_KEY=${LETHE_TEST_S3_ACCESS_KEY:-$S3_ACCESS_KEY}
   export LETHE_TEST_S3_SECRET_KEY=${LETHE_TEST_S3_SECRET_KEY:-$S3_SECRET_KEY}
   export LETHE_NATS_SERVER_BIN=${LETHE_NATS_SERVER_BIN:-$NATS_BIN}
+  export LETHE_TEST_SMTP=${LETHE_TEST_SMTP:-$MAIL_HOST:$MAIL_SMTP_PORT}
+  export LETHE_TEST_MAIL_API=${LETHE_TEST_MAIL_API:-http://$MAIL_HOST:$MAIL_HTTP_PORT}
 }
 
 # --- privileges -------------------------------------------------------------------------------
