@@ -199,16 +199,37 @@ impl Browser {
 pub struct MailCatcher {
     api: String,
     http: reqwest::Client,
+    // Mails that were there before: another test's or an earlier run's.
+    seen: std::collections::HashSet<String>,
 }
 
 impl MailCatcher {
-    /// From the environment, with the local stack's default.
-    pub fn from_env() -> Self {
-        Self {
+    /// From the environment, with the local stack's default; ignores the mails already there.
+    pub async fn from_env() -> Result<Self> {
+        let mut catcher = Self {
             api: std::env::var("LETHE_TEST_MAIL_API")
                 .unwrap_or_else(|_| "http://127.0.0.1:1080".to_owned()),
             http: reqwest::Client::new(),
-        }
+            seen: Default::default(),
+        };
+        catcher.seen = catcher
+            .mails()
+            .await?
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        Ok(catcher)
+    }
+
+    async fn mails(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .http
+            .get(format!("{}/email", self.api))
+            .send()
+            .await
+            .context("the mail catcher does not answer (scripts/stack services starts it)")?
+            .json()
+            .await?)
     }
 
     /// The SMTP address the api should send to (`LETHE_TEST_SMTP`, host:port).
@@ -230,16 +251,10 @@ impl MailCatcher {
     ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let mails: Vec<Value> = self
-                .http
-                .get(format!("{}/email", self.api))
-                .send()
-                .await
-                .context("the mail catcher does not answer (scripts/stack services starts it)")?
-                .json()
-                .await?;
+            let mails = self.mails().await?;
             let found = mails.iter().rev().find(|m| {
-                m["subject"] == subject
+                !m["id"].as_str().is_some_and(|id| self.seen.contains(id))
+                    && m["subject"] == subject
                     && m["to"].as_array().is_some_and(|to_list| {
                         to_list.iter().any(|t| {
                             t["address"]

@@ -252,7 +252,7 @@ async fn privacy_center_an_access_request_is_filed_by_its_emailed_link_and_its_d
     let deployment = deployment(&Daemon::ALL, true, "24h").await?;
     let api = deployment.api()?;
     let email = deployment.subject(4).identities.email;
-    let mail = MailCatcher::from_env();
+    let mail = MailCatcher::from_env().await?;
     let browser = Browser::start().await?;
 
     browser.goto(&format!("{api}/privacy/e2e")).await?;
