@@ -101,7 +101,8 @@ impl ApiError {
         }
     }
 
-    fn problem(&self) -> (StatusCode, Problem) {
+    /// The status and problem details this error answers with (the pages render them as HTML).
+    pub fn problem(&self) -> (StatusCode, Problem) {
         let (status, title, code, detail, field) = match self {
             ApiError::Invalid {
                 status,

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod closure;
+pub mod console;
 pub mod coordinator;
 pub mod deadlines;
 pub mod error;
@@ -12,7 +13,9 @@ pub mod keys;
 pub mod model;
 pub mod openapi;
 pub mod outbox;
+pub mod pages;
 pub mod plan;
+pub mod privacy;
 pub mod receipt;
 pub mod requests;
 pub mod routes;
@@ -71,6 +74,8 @@ pub struct AppState {
     pub outbox: outbox::OutboxSignal,
     /// The breach register's clock and census client.
     pub incidents: incidents::Incidents,
+    /// The console's and privacy center's settings, signer, mailer and rate limits.
+    pub pages: pages::Pages,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -125,6 +130,12 @@ impl App {
             nats::provision_consumer(publisher.jetstream(), &names, &settings.nats, &spec).await?;
         let listener = ops::bind(api.listen).await?;
         let incidents = incidents::Incidents::new(client.clone());
+        let pages = pages::Pages {
+            settings: Arc::new(api.pages.clone()),
+            signer: hasher.clone(),
+            mailer: privacy::mailer::Mailer::new(api.smtp.as_ref())?,
+            limits: privacy::limits::RateLimits::default(),
+        };
         let readiness = Readiness::new()
             .ledger(pool.clone())
             .check("nats", move || {
@@ -148,6 +159,7 @@ impl App {
                 exports: export::Exports::new(settings, api.export_link_ttl),
                 outbox: outbox::OutboxSignal::default(),
                 incidents,
+                pages,
             },
             api,
             nats: settings.nats.clone(),
@@ -214,9 +226,23 @@ impl App {
             background.clone(),
         ));
 
+        tasks.spawn(privacy::sweeper::run(
+            self.state.pool.clone(),
+            self.state.pages.mailer.clone(),
+            self.state.pages.settings.public_url.clone(),
+            self.state.pages.settings.sweep_interval,
+            background.clone(),
+        ));
+
         let router = router(self.state).merge(ops::router("api", self.readiness));
         tracing::info!(address = %self.listener.local_addr()?, "api listening");
-        let served = ops::serve(self.listener, router, shutdown).await;
+        // With the peer's address, for the privacy center's per-client rate limit.
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
         background.cancel();
         let drain = tokio::time::timeout(self.api.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
@@ -253,6 +279,7 @@ pub fn router(state: AppState) -> Router {
             post(incidents::acknowledge),
         )
         .route("/v1/incidents/{id}/close", post(incidents::close))
+        .merge(pages::router())
         .route(
             "/openapi.json",
             get(|| async { Json(openapi::ApiDoc::openapi()) }),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lethe_common::config::{Section, default_drain_timeout};
 use secrecy::SecretString;
 use serde::Deserialize;
+use url::Url;
 
 /// The api daemon (`[api]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +51,12 @@ pub struct ApiSettings {
     /// `expires_at`); retention deletes it afterwards.
     #[serde(default = "ApiSettings::default_export_ttl", with = "humantime_serde")]
     pub export_ttl: Duration,
+    /// The operator console and the privacy center (`[api.pages]`).
+    #[serde(default)]
+    pub pages: PagesSettings,
+    /// The SMTP server the privacy center mails through (`[api.smtp]`). Without it the privacy
+    /// center answers, but no link is sent (and the log says so once per attempt).
+    pub smtp: Option<SmtpSettings>,
 }
 
 impl ApiSettings {
@@ -88,6 +95,8 @@ impl Default for ApiSettings {
             webhook_timeout: Self::default_webhook_timeout(),
             export_link_ttl: Self::default_export_link_ttl(),
             export_ttl: Self::default_export_ttl(),
+            pages: PagesSettings::default(),
+            smtp: None,
         }
     }
 }
@@ -98,4 +107,88 @@ impl Section for ApiSettings {
     fn absent() -> Self {
         Self::default()
     }
+}
+
+/// The console's and privacy center's settings (`[api.pages]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagesSettings {
+    /// The address people reach the api at: the base of the links Lethe mails. An `https`
+    /// address also marks the cookies `Secure`.
+    pub public_url: Url,
+    /// How long a console login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// How long a privacy center link may wait to be followed before the request is purged.
+    #[serde(with = "humantime_serde")]
+    pub verification_ttl: Duration,
+    /// Privacy center submissions one email address may make per `limit_window`.
+    pub limit_per_address: u32,
+    /// Privacy center submissions one client IP may make per `limit_window`.
+    pub limit_per_ip: u32,
+    /// The window of both rate limits.
+    #[serde(with = "humantime_serde")]
+    pub limit_window: Duration,
+    /// How often expired verifications are purged and finished exports mailed.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for PagesSettings {
+    fn default() -> Self {
+        Self {
+            public_url: Url::parse("http://127.0.0.1:8080/").unwrap_or_else(|_| unreachable!()),
+            session_ttl: Duration::from_secs(8 * 3600),
+            verification_ttl: Duration::from_secs(24 * 3600),
+            limit_per_address: 3,
+            limit_per_ip: 30,
+            limit_window: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How the privacy center's mail leaves (`[api.smtp]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// The SMTP server.
+    pub host: String,
+    /// Its port (25, 465 for `tls`, 587 for `starttls`; the local catcher listens on 1025).
+    #[serde(default = "SmtpSettings::default_port")]
+    pub port: u16,
+    /// `none` (a local catcher), `starttls` or `tls`.
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// Login name, if the server wants one.
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<SecretString>,
+    /// The sender, e.g. `Privacy <privacy@example.com>`.
+    pub from: String,
+    /// How long one delivery may take.
+    #[serde(default = "SmtpSettings::default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl SmtpSettings {
+    fn default_port() -> u16 {
+        25
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// Transport security towards the SMTP server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain SMTP: only for a catcher on this machine.
+    None,
+    /// Upgrade with STARTTLS (required).
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
 }

@@ -50,6 +50,14 @@ SEAWEEDFS_VOLUME_PORT=9340
 SEAWEEDFS_ADMIN_PORT=9346
 SEAWEEDFS_FILER_PORT=9388
 SEAWEEDFS_GRPC_OFFSET=10000
+# The local mail catcher (npm maildev): SMTP for the privacy center's mails, and an HTTP API
+# (GET /email) through which tests and people read them.
+MAIL_HOST=127.0.0.1
+MAIL_SMTP_PORT=1025
+MAIL_HTTP_PORT=1080
+MAILDEV_VERSION=2.2.1
+MAILDEV_DIR=$LETHE_HOME/maildev
+MAILDEV_BIN=$MAILDEV_DIR/node_modules/maildev/bin/maildev
 
 # --- messages ---------------------------------------------------------------------------------
 
@@ -81,6 +89,8 @@ export_test_services() {
   export LETHE_TEST_S3_ACCESS_KEY=${LETHE_TEST_S3_ACCESS_KEY:-$S3_ACCESS_KEY}
   export LETHE_TEST_S3_SECRET_KEY=${LETHE_TEST_S3_SECRET_KEY:-$S3_SECRET_KEY}
   export LETHE_NATS_SERVER_BIN=${LETHE_NATS_SERVER_BIN:-$NATS_BIN}
+  export LETHE_TEST_SMTP=${LETHE_TEST_SMTP:-$MAIL_HOST:$MAIL_SMTP_PORT}
+  export LETHE_TEST_MAIL_API=${LETHE_TEST_MAIL_API:-http://$MAIL_HOST:$MAIL_HTTP_PORT}
 }
 
 # --- privileges -------------------------------------------------------------------------------

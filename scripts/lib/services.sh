@@ -426,6 +426,27 @@ stop_own() {
   rm -f "$pidfile"
 }
 
+# --- mail catcher (maildev) -------------------------------------------------------------------
+
+mail_up() { curl -fsS -m 3 "http://$MAIL_HOST:$MAIL_HTTP_PORT/email" >/dev/null 2>&1; }
+
+ensure_mail() {
+  local pid log=$LETHE_LOGS/maildev.log pidfile=$LETHE_RUN/maildev.pid
+  if mail_up; then
+    info "mail catcher: running (SMTP $MAIL_HOST:$MAIL_SMTP_PORT, HTTP http://$MAIL_HOST:$MAIL_HTTP_PORT)"
+    return 0
+  fi
+  port_open "$MAIL_HOST" "$MAIL_SMTP_PORT" && die "port $MAIL_SMTP_PORT is in use but no mail catcher answers on $MAIL_HTTP_PORT; free it"
+  spawn "$pidfile" "$log" node "$MAILDEV_BIN" --ip "$MAIL_HOST" --smtp "$MAIL_SMTP_PORT" \
+    --web "$MAIL_HTTP_PORT" --mail-directory "$LETHE_RUN/mail"
+  pid=$(read_pid "$pidfile")
+  if ! wait_until 30 mail_up; then
+    show_log_tail "$log"
+    die "the mail catcher did not start; see $log"
+  fi
+  info "mail catcher: started (pid $pid, SMTP $MAIL_HOST:$MAIL_SMTP_PORT, web and API http://$MAIL_HOST:$MAIL_HTTP_PORT, log: $log)"
+}
+
 stack_services() {
   stack_lock
   ensure_tools
@@ -434,10 +455,12 @@ stack_services() {
   ensure_redis
   ensure_nats
   ensure_s3
+  ensure_mail
   stack_unlock
 }
 
 stop_services() {
+  stop_own maildev "mail catcher" node
   stop_own seaweedfs S3 weed
   stop_own nats NATS nats-server
   local svc

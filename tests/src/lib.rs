@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod backup_support;
+pub mod browser;
 pub mod digest;
 pub mod e2e;
 pub mod eraser_support;

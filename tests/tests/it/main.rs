@@ -9,6 +9,7 @@ mod backup;
 mod chaos;
 mod closure;
 mod config_errors;
+mod console;
 mod contract;
 mod coordinator;
 mod daemons;

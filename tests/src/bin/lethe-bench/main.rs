@@ -8,6 +8,7 @@
 //! runs this one), e.g. `scripts/bench intake`.
 
 mod backup;
+mod console;
 mod cpu;
 mod deployment;
 mod erasure;
@@ -56,6 +57,15 @@ enum Bench {
         #[arg(long, default_value_t = 1024)]
         size_mib: u64,
     },
+    /// Console: each console page's load time on a deployment seeded with a month of requests.
+    Console {
+        /// Requests seeded.
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+        /// Loads of each page.
+        #[arg(long, default_value_t = 50)]
+        loads: u64,
+    },
 }
 
 #[tokio::main]
@@ -73,6 +83,7 @@ async fn run(cli: Cli) -> Result<()> {
         Bench::Erasure(run) => erasure::run(run).await,
         Bench::Export { size_mib } => export::run(size_mib).await,
         Bench::Backup { size_mib } => backup::run(size_mib).await,
+        Bench::Console { requests, loads } => console::run(requests, loads).await,
     }
 }
 
