@@ -70,6 +70,8 @@ pub struct AppState {
     pub outbox: outbox::OutboxSignal,
     /// The breach register's clock and census client.
     pub incidents: incidents::Incidents,
+    /// Where webhooks and callbacks may go.
+    pub outbound: Arc<webhooks::OutboundPolicy>,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -122,6 +124,8 @@ impl App {
         };
         let consumer =
             nats::provision_consumer(publisher.jetstream(), &names, &settings.nats, &spec).await?;
+        let outbound = webhooks::OutboundPolicy::new(&api.outbound)
+            .map_err(|why| anyhow::anyhow!("api.outbound.allow_hosts: {why}"))?;
         let listener = ops::bind(api.listen).await?;
         let incidents = incidents::Incidents::new(client.clone());
         let readiness = Readiness::new()
@@ -147,6 +151,7 @@ impl App {
                 exports: export::Exports::new(settings, api.export_link_ttl),
                 outbox: outbox::OutboxSignal::default(),
                 incidents,
+                outbound: Arc::new(outbound),
             },
             api,
             nats: settings.nats.clone(),
@@ -197,13 +202,11 @@ impl App {
             self.state.pool.clone(),
             background.clone(),
         ));
-        let http = reqwest::Client::builder()
-            .timeout(self.api.webhook_timeout)
-            .build()
-            .context("cannot build the webhook HTTP client")?;
+        let outbound =
+            webhooks::Outbound::new(self.state.outbound.clone(), self.api.webhook_timeout);
         tasks.spawn(webhooks::run(
             self.state.pool.clone(),
-            http,
+            outbound,
             background.clone(),
         ));
         tasks.spawn(refresh_gauges(self.state.pool.clone(), background.clone()));

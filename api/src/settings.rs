@@ -50,6 +50,24 @@ pub struct ApiSettings {
     /// `expires_at`); retention deletes it afterwards.
     #[serde(default = "ApiSettings::default_export_ttl", with = "humantime_serde")]
     pub export_ttl: Duration,
+    /// Where webhooks and callbacks may go (`[api.outbound]`).
+    #[serde(default)]
+    pub outbound: OutboundSettings,
+}
+
+/// The outbound URL policy (`[api.outbound]`): webhook and callback URLs are `https` and reach
+/// public addresses only, unless the operator says otherwise here. Without it a tenant could
+/// make Lethe POST to its own network (SSRF).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSettings {
+    /// Accept plain `http` URLs (development only: the payload and signature travel in clear).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Hosts (`host` or `host:port`) and networks (CIDR, e.g. `10.1.0.0/16`) the operator
+    /// trusts although they are not public.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 impl ApiSettings {
@@ -88,6 +106,7 @@ impl Default for ApiSettings {
             webhook_timeout: Self::default_webhook_timeout(),
             export_link_ttl: Self::default_export_link_ttl(),
             export_ttl: Self::default_export_ttl(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
