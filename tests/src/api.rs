@@ -106,6 +106,16 @@ impl ApiUnderTest {
 
     /// Starts the api against the NATS server at `nats_url`.
     pub async fn start_with_nats(services: &Services, nats_url: &str) -> Result<Self> {
+        Self::start_configured(services, nats_url, |text| text).await
+    }
+
+    /// Starts the api against the NATS server at `nats_url` with the configuration text
+    /// `edit` makes of the usual one.
+    pub async fn start_configured(
+        services: &Services,
+        nats_url: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Self> {
         let ns = Namespace::create(services).await?;
         let ledger = ns.pg_database("ledger").await?;
         let dir = tempfile::tempdir()?;
@@ -114,7 +124,7 @@ impl ApiUnderTest {
         let config_path = dir.path().join("lethe.toml");
         std::fs::write(
             &config_path,
-            settings_text(services, &ns, &ledger, nats_url, &map),
+            edit(settings_text(services, &ns, &ledger, nats_url, &map)),
         )?;
         let settings = Settings::from_toml(&std::fs::read_to_string(&config_path)?)?;
         let app = lethe_api::App::build(&settings).await?;
