@@ -18,6 +18,7 @@ mod exporter;
 mod footprint;
 mod harness;
 mod incidents;
+mod openapi;
 mod privacy;
 mod retention;
 mod sample;
