@@ -158,6 +158,8 @@ async fn openapi_schemathesis_finds_no_server_error_and_no_answer_the_document_d
         .args(["--request-timeout", "10", "--max-redirects", "0"])
         .args(["--report", "junit", "--report-dir"])
         .arg(&reports)
+        // Its cache of crashes goes to the working directory: the test's, not the repository.
+        .current_dir(deployment.dir())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_HOOKS", "")
         .kill_on_drop(true)
