@@ -76,6 +76,8 @@ pub struct AppState {
     pub incidents: incidents::Incidents,
     /// The console's and privacy center's settings, signer, mailer and rate limits.
     pub pages: pages::Pages,
+    /// Where webhooks and callbacks may go.
+    pub outbound: Arc<webhooks::OutboundPolicy>,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -128,6 +130,8 @@ impl App {
         };
         let consumer =
             nats::provision_consumer(publisher.jetstream(), &names, &settings.nats, &spec).await?;
+        let outbound = webhooks::OutboundPolicy::new(&api.outbound)
+            .map_err(|why| anyhow::anyhow!("api.outbound.allow_hosts: {why}"))?;
         let listener = ops::bind(api.listen).await?;
         let incidents = incidents::Incidents::new(client.clone());
         let pages = pages::Pages {
@@ -160,6 +164,7 @@ impl App {
                 outbox: outbox::OutboxSignal::default(),
                 incidents,
                 pages,
+                outbound: Arc::new(outbound),
             },
             api,
             nats: settings.nats.clone(),
@@ -210,13 +215,11 @@ impl App {
             self.state.pool.clone(),
             background.clone(),
         ));
-        let http = reqwest::Client::builder()
-            .timeout(self.api.webhook_timeout)
-            .build()
-            .context("cannot build the webhook HTTP client")?;
+        let outbound =
+            webhooks::Outbound::new(self.state.outbound.clone(), self.api.webhook_timeout);
         tasks.spawn(webhooks::run(
             self.state.pool.clone(),
-            http,
+            outbound,
             background.clone(),
         ));
         tasks.spawn(refresh_gauges(self.state.pool.clone(), background.clone()));

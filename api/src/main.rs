@@ -155,10 +155,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants {
             command: TenantsCommand::WebhookUrl { tenant, url },
         } => {
-            anyhow::ensure!(
-                matches!(url.scheme(), "http" | "https"),
-                "--url must be an http or https URL"
-            );
+            // The same policy as every delivery: refused here rather than at the first incident.
+            let api: lethe_api::settings::ApiSettings = settings.section()?;
+            let policy = lethe_api::webhooks::OutboundPolicy::new(&api.outbound)
+                .map_err(|why| anyhow::anyhow!("api.outbound.allow_hosts: {why}"))?;
+            if let Err(refusal) = policy.check(url.as_str()).await {
+                anyhow::bail!(
+                    "--url is refused by the outbound URL policy ([api.outbound]): {refusal}"
+                );
+            }
             let pool = ledger::connect_and_migrate(settings.require_ledger()?).await?;
             let updated = sqlx::query("UPDATE tenant SET webhook_url = $2 WHERE name = $1")
                 .bind(&tenant)

@@ -9,7 +9,6 @@ use lethe_common::messages::{Event, Identities, TaskKind, TaskMessage};
 use lethe_common::nats::{Names, Traceparent};
 use lethe_common::privacy::IdentityHasher;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -388,7 +387,13 @@ impl Intake<'_> {
         .bind(key)
         .fetch_one(self.pool)
         .await?;
-        if existing.1.as_deref() != fingerprint.as_ref().map(|f| f.as_slice()) {
+        // A request filed before fingerprints were keyed has none left (the migration cleared
+        // the unkeyed ones): its key alone identifies the retry.
+        if existing
+            .1
+            .as_deref()
+            .is_some_and(|stored| Some(stored) != fingerprint.as_ref().map(|f| f.as_slice()))
+        {
             return Err(ApiError::Conflict {
                 code: "idempotency_key_reused",
                 detail: "this Idempotency-Key was used with a different body".to_owned(),
@@ -401,9 +406,11 @@ impl Intake<'_> {
     }
 }
 
-/// The SHA-256 of a body, for idempotency checks.
-pub fn fingerprint(body: &[u8]) -> [u8; 32] {
-    Sha256::digest(body).into()
+/// The keyed fingerprint of a body, for idempotency checks: HMAC-SHA256 with the privacy key,
+/// never a plain hash, because a body holds the subject's identifiers and anyone with the
+/// ledger could otherwise confirm a guessed address by hashing it.
+pub fn fingerprint(hasher: &IdentityHasher, body: &[u8]) -> [u8; 32] {
+    hasher.mac(&[b"lethe.idempotency\0", body])
 }
 
 /// A tenant's request, or `None` (also when it is another tenant's).

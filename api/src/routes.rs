@@ -81,6 +81,7 @@ pub async fn create(
     };
     let parsed: NewRequest = crate::extract::parse(&body)?;
     let valid = validate::validate(parsed, state.planner.map())?;
+    validate::check_callback(&valid, &state.outbound).await?;
     let intake = Intake {
         pool: &state.pool,
         names: &state.names,
@@ -90,7 +91,7 @@ pub async fn create(
     };
     let fingerprint = idempotency_key
         .as_ref()
-        .map(|_| requests::fingerprint(&body));
+        .map(|_| requests::fingerprint(&state.hasher, &body));
     let (accepted, created) = intake
         .accept(
             caller.0.tenant_id,

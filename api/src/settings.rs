@@ -57,6 +57,24 @@ pub struct ApiSettings {
     /// The SMTP server the privacy center mails through (`[api.smtp]`). Without it the privacy
     /// center answers, but no link is sent (and the log says so once per attempt).
     pub smtp: Option<SmtpSettings>,
+    /// Where webhooks and callbacks may go (`[api.outbound]`).
+    #[serde(default)]
+    pub outbound: OutboundSettings,
+}
+
+/// The outbound URL policy (`[api.outbound]`): webhook and callback URLs are `https` and reach
+/// public addresses only, unless the operator says otherwise here. Without it a tenant could
+/// make Lethe POST to its own network (SSRF).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSettings {
+    /// Accept plain `http` URLs (development only: the payload and signature travel in clear).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Hosts (`host` or `host:port`) and networks (CIDR, e.g. `10.1.0.0/16`) the operator
+    /// trusts although they are not public.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
 }
 
 impl ApiSettings {
@@ -97,6 +115,7 @@ impl Default for ApiSettings {
             export_ttl: Self::default_export_ttl(),
             pages: PagesSettings::default(),
             smtp: None,
+            outbound: OutboundSettings::default(),
         }
     }
 }

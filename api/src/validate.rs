@@ -8,6 +8,7 @@ use lethe_common::messages::Identities;
 
 use crate::error::ApiError;
 use crate::model::{NewRequest, RequestKind};
+use crate::webhooks::OutboundPolicy;
 
 /// Longest identity value accepted.
 const MAX_VALUE_LEN: usize = 320;
@@ -144,7 +145,7 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
             return Err(ApiError::unprocessable(
                 "invalid_callback_url",
                 "callback_url",
-                "use an http or https URL of at most 2000 characters",
+                "use an https URL of at most 2000 characters",
             ));
         }
     }
@@ -154,6 +155,18 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
         changes,
         reason: body.reason,
         callback_url: body.callback_url,
+    })
+}
+
+/// Checks the callback URL of `valid` against the outbound URL policy, resolving its host:
+/// a tenant must not make Lethe POST into the operator's own network. The message says why,
+/// never quoting the URL. Delivery checks again (DNS answers change).
+pub async fn check_callback(valid: &ValidRequest, policy: &OutboundPolicy) -> Result<(), ApiError> {
+    let Some(url) = &valid.callback_url else {
+        return Ok(());
+    };
+    policy.check(url).await.map(|_| ()).map_err(|refusal| {
+        ApiError::unprocessable("invalid_callback_url", "callback_url", refusal.to_string())
     })
 }
 

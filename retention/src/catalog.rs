@@ -343,7 +343,8 @@ pub struct Minimisable {
     pub erasure_seq: Option<i64>,
 }
 
-/// Requests whose identities no restore can need any more, oldest first, at most `limit`:
+/// Requests whose identities (and values and reasons) no restore can need any more, oldest
+/// first, at most `limit`:
 /// completed erasures recorded at or before `settled` whose record is at or below
 /// `window` (every backup a restore could use was taken after them), and every other finished
 /// request last changed at or before `settled` (no replay ever uses them).
@@ -357,7 +358,9 @@ pub async fn minimisable(
         "SELECT r.id AS request_id, r.tenant_id, r.kind, l.seq AS erasure_seq \
          FROM request r LEFT JOIN erasure_log l ON l.request_id = r.id \
          WHERE r.status IN ('completed', 'failed', 'rejected', 'cancelled') \
-           AND (r.identities IS NOT NULL OR l.identities IS NOT NULL) \
+           AND (r.identities IS NOT NULL OR l.identities IS NOT NULL \
+                OR r.params <> '{}'::jsonb OR r.reason IS NOT NULL \
+                OR r.extension_reason IS NOT NULL) \
            AND CASE WHEN l.seq IS NOT NULL THEN l.seq <= $1 AND l.recorded_at <= $2 \
                     ELSE r.updated_at <= $2 END \
          ORDER BY COALESCE(l.recorded_at, r.updated_at), r.id LIMIT $3",
@@ -370,7 +373,8 @@ pub async fn minimisable(
 }
 
 /// Sets the identities of `batch` to NULL in the requests and their erasure records (the
-/// keyed `identity_hash` stays), with one audit event per request, in one transaction.
+/// keyed `identity_hash` stays), with a rectification's values (`params`) and the free-text
+/// reasons, with one audit event per request, in one transaction.
 pub async fn minimise(
     pool: &PgPool,
     batch: &[Minimisable],
@@ -388,7 +392,10 @@ pub async fn minimise(
         .execute(&mut *tx)
         .await?;
     let updated = sqlx::query(
-        "UPDATE request SET identities = NULL, minimised_at = COALESCE(minimised_at, $2) \
+        // A rectification's new values and the free-text reasons describe the subject as much
+        // as the identities do; no replay reads them.
+        "UPDATE request SET identities = NULL, params = '{}'::jsonb, reason = NULL, \
+             extension_reason = NULL, minimised_at = COALESCE(minimised_at, $2) \
          WHERE id = ANY($1)",
     )
     .bind(&ids)

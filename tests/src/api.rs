@@ -52,6 +52,11 @@ bucket = "unused"
 prefixes = ["avatars/{user_id}/"]
 "#;
 
+/// The outbound URL policy of the tests' configuration: the tests' webhook receivers listen on
+/// plain http on 127.0.0.1, which the default policy refuses. Tests of the policy replace it.
+pub const TEST_OUTBOUND: &str =
+    "[api.outbound]\nallow_http = true\nallow_hosts = [\"127.0.0.1\"]\n";
+
 /// The configuration of a deployment in `ns`, with NATS at `nats_url`.
 pub fn settings_text(
     services: &Services,
@@ -66,7 +71,8 @@ pub fn settings_text(
          [nats]\nurl = {nats_url:?}\nprefix = {prefix:?}\nack_wait = \"5s\"\nmax_deliver = 3\nconnect_timeout = \"2s\"\n\
          [ledger]\nurl = {ledger_url:?}\n\
          [s3]\nendpoint = {endpoint:?}\nbucket = \"unused\"\naccess_key_id = {key:?}\nsecret_access_key = {secret:?}\n\
-         [api]\nlisten = \"127.0.0.1:0\"\nreceipt_signing_key = \"dGVzdC1yZWNlaXB0LWtleS0wMTIzNDU2Nzg5YWJjZGU=\"\nkey_cache_ttl = \"0s\"\n",
+         [api]\nlisten = \"127.0.0.1:0\"\nreceipt_signing_key = \"dGVzdC1yZWNlaXB0LWtleS0wMTIzNDU2Nzg5YWJjZGU=\"\nkey_cache_ttl = \"0s\"\n\
+         {TEST_OUTBOUND}",
         map = data_map.display().to_string(),
         prefix = ns.nats_prefix(),
         endpoint = services.s3.endpoint,
@@ -100,6 +106,16 @@ impl ApiUnderTest {
 
     /// Starts the api against the NATS server at `nats_url`.
     pub async fn start_with_nats(services: &Services, nats_url: &str) -> Result<Self> {
+        Self::start_configured(services, nats_url, |text| text).await
+    }
+
+    /// Starts the api against the NATS server at `nats_url` with the configuration text
+    /// `edit` makes of the usual one.
+    pub async fn start_configured(
+        services: &Services,
+        nats_url: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Self> {
         let ns = Namespace::create(services).await?;
         let ledger = ns.pg_database("ledger").await?;
         let dir = tempfile::tempdir()?;
@@ -108,7 +124,7 @@ impl ApiUnderTest {
         let config_path = dir.path().join("lethe.toml");
         std::fs::write(
             &config_path,
-            settings_text(services, &ns, &ledger, nats_url, &map),
+            edit(settings_text(services, &ns, &ledger, nats_url, &map)),
         )?;
         let settings = Settings::from_toml(&std::fs::read_to_string(&config_path)?)?;
         let app = lethe_api::App::build(&settings).await?;

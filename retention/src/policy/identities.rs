@@ -1,5 +1,6 @@
-//! Identities of settled requests minimised to their keyed hash, once no restorable backup
-//! can need them for replaying an erasure.
+//! Identities of settled requests minimised to their keyed hash (with a rectification's values
+//! and the free-text reasons), once no restorable backup can need them for replaying an
+//! erasure.
 
 use std::time::Duration;
 
