@@ -61,6 +61,16 @@ fn request_trace<'a>(
         results.len(),
         tasks.len()
     );
+    // Each daemon exports in its own batches: a coordinator span can arrive before the eraser's
+    // span of the task it continues. Wait until every parent is in.
+    let task_ids: std::collections::BTreeSet<&str> =
+        tasks.iter().map(|t| t.span_id.as_str()).collect();
+    ensure!(
+        results
+            .iter()
+            .all(|r| task_ids.contains(r.parent_span_id.as_str())),
+        "a coordinator span whose task span has not arrived (or is not a child of a task span)"
+    );
     Ok(Trace {
         http,
         tasks,
