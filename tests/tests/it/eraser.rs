@@ -347,9 +347,15 @@ async fn a_subject_known_by_email_only_is_erased_through_the_user_id_the_account
     let provider = run_tasks(&bed, &[task(TaskKind::Erase, "accounts", email)?]).await?;
 
     // Assert
+    // Every identity column of the row found yields its identity (the closure): the user id,
+    // and the email and phone the users row holds.
     assert_eq!(
         derived,
-        BTreeMap::from([("user_id".to_owned(), vec![s.user.id.to_string()])])
+        BTreeMap::from([
+            ("email".to_owned(), vec![s.identities.email.clone()]),
+            ("phone".to_owned(), vec![s.identities.phone.clone()]),
+            ("user_id".to_owned(), vec![s.user.id.to_string()]),
+        ])
     );
     assert!(done(&by_email[0])?.counts.values().all(|n| *n == 0));
     let expected = expected_reports(&s);
