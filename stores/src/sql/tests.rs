@@ -71,7 +71,7 @@ fn collections(text: &str) -> Vec<Collection> {
 }
 
 fn store() -> StoreName {
-    StoreName::parse("accounts").unwrap()
+    StoreName::parse("accounts").unwrap_or_else(|e| panic!("{e}"))
 }
 
 const GOOD: &str = r#"
@@ -222,7 +222,7 @@ fn delete_statement(dialect: Dialect) -> Statement {
 #[test]
 fn log_batches_bind_the_cut_off_and_repeat_the_time_condition() {
     let before = chrono::DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
         .with_timezone(&chrono::Utc);
     let pg = log_statements(Dialect::Postgres, "app.access_log", "at", before, 500);
     assert!(
