@@ -7,7 +7,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
 use maud::html;
-use serde::Deserialize;
 
 use crate::AppState;
 use crate::console::session::Operator;
@@ -67,19 +66,13 @@ pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Respons
         .into_response())
 }
 
-/// A form with only its CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct Plain {
-    csrf: Option<String>,
-}
-
 /// `POST /console/incidents/{id}/notify`.
 pub async fn notify(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<Plain>,
+    Form(form): Form<csrf::TokenOnly>,
 ) -> Result<Response, PageError> {
     csrf::check(&state, &headers, form.csrf.as_deref())?;
     let _notified = incidents::notify(State(state.clone()), op.caller(), Path(id)).await?;
@@ -92,7 +85,7 @@ pub async fn close(
     op: Operator,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<Plain>,
+    Form(form): Form<csrf::TokenOnly>,
 ) -> Result<Response, PageError> {
     csrf::check(&state, &headers, form.csrf.as_deref())?;
     let _closed = incidents::close(State(state.clone()), op.caller(), Path(id)).await?;

@@ -222,19 +222,13 @@ pub async fn live(
     live_part(&state, &caller, &view).await
 }
 
-/// A form with only its CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct Plain {
-    csrf: Option<String>,
-}
-
 /// `POST /console/requests/{id}/cancel`.
 pub async fn cancel(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<Plain>,
+    Form(form): Form<csrf::TokenOnly>,
 ) -> Result<Response, PageError> {
     csrf::check(&state, &headers, form.csrf.as_deref())?;
     let caller = caller_for(&state, &op, &id).await?;

@@ -88,3 +88,10 @@ pub fn check(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Resu
             == 0;
     if same { Ok(()) } else { Err(PageError::Csrf) }
 }
+
+/// A form that carries nothing but its CSRF token (a button: cancel, notify, close).
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenOnly {
+    /// The token.
+    pub csrf: Option<String>,
+}
