@@ -199,18 +199,21 @@ fn integer_columns_only_meet_canonical_integers() {
 }
 
 fn delete_statement(dialect: Dialect) -> Statement {
-    let matcher = Matcher(vec![
-        MatchPart {
-            column: dialect.ident("email"),
-            normalization: Normalization::Email,
-            values: KeyValues::Texts(vec!["a".into(), "b".into()]),
-        },
-        MatchPart {
-            column: dialect.ident("user_id"),
-            normalization: Normalization::None,
-            values: KeyValues::Ints(vec![7]),
-        },
-    ]);
+    let matcher = Matcher {
+        parts: vec![
+            MatchPart {
+                column: dialect.ident("email"),
+                normalization: Normalization::Email,
+                values: KeyValues::Texts(vec!["a".into(), "b".into()]),
+            },
+            MatchPart {
+                column: dialect.ident("user_id"),
+                normalization: Normalization::None,
+                values: KeyValues::Ints(vec![7]),
+            },
+        ],
+        tenant: None,
+    };
     let mut sql = Sql::new(dialect);
     sql.push("DELETE FROM ")
         .push(&dialect.table("app.users"))
@@ -328,7 +331,7 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
         ("phone".to_owned(), vec!["020 7946 0000".to_owned()]),
         ("email".to_owned(), vec!["Ada@Example.COM".to_owned()]),
     ]);
-    let matcher = Matcher::new(users, &identities).unwrap_or_else(|| panic!("no matcher"));
+    let matcher = Matcher::new(users, &identities, None).unwrap_or_else(|| panic!("no matcher"));
     for dialect in [Dialect::Postgres, Dialect::Mysql] {
         let mut sql = Sql::new(dialect);
         sql.push_match(&matcher, None);
@@ -336,7 +339,7 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
         assert!(text.contains("'[^0-9+]'"), "{text}");
     }
     let phone = matcher
-        .0
+        .parts
         .iter()
         .find(|p| p.normalization == Normalization::Phone)
         .unwrap_or_else(|| panic!("no phone part"));
@@ -346,7 +349,7 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
     assert!(spellings.iter().any(|s| s == "+442079460000"));
     assert!(spellings.iter().any(|s| s == "02079460000"));
     let email = matcher
-        .0
+        .parts
         .iter()
         .find(|p| p.normalization == Normalization::Email)
         .unwrap_or_else(|| panic!("no email part"));
