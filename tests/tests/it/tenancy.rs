@@ -71,6 +71,8 @@ match = {{ email = "email" }}
 provides = {{ user_id = "id" }}
 erase = "delete"
 tenant = "company"
+rectify = {{ note = "note" }}
+restrict = {{ column = "restricted" }}
 [[stores.accounts.collections]]
 table = "ten_invoices"
 match = {{ user_id = "user_id" }}
@@ -126,7 +128,8 @@ async fn two_tenants(scope: &str) -> Result<(Deployment, String)> {
     let deployment = Deployment::create(&Services::from_env(), options).await?;
     let accounts = &deployment.stores.accounts;
     sqlx::query(
-        "CREATE TABLE ten_users (id bigint PRIMARY KEY, email text NOT NULL, company text, note text)",
+        "CREATE TABLE ten_users (id bigint PRIMARY KEY, email text NOT NULL, company text, note text, \
+         restricted boolean NOT NULL DEFAULT false)",
     )
     .execute(accounts)
     .await?;
@@ -143,7 +146,7 @@ async fn two_tenants(scope: &str) -> Result<(Deployment, String)> {
     let mut redis = deployment.stores.sessions.connection.clone();
     let files = deployment.stores.files.clone();
     for user in [&ALPHA, &BETA] {
-        sqlx::query("INSERT INTO ten_users VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO ten_users (id, email, company, note) VALUES ($1, $2, $3, $4)")
             .bind(user.id)
             .bind(EMAIL)
             .bind(user.tenant)
@@ -342,8 +345,29 @@ async fn in_tenant_scope_a_tenant_s_export_and_erasure_touch_only_its_own_user_o
         "beta's objects exported: {files:?}"
     );
 
-    // Tenant e2e's erasure takes its own user and leaves beta's exactly as it was.
+    // Its rectification and restriction change its own user's row only.
     let own_key = deployment.key.clone();
+    for body in [
+        json!({"kind": "rectification", "subject": {"email": EMAIL}, "changes": {"note": "corrected"}}),
+        json!({"kind": "restriction", "subject": {"email": EMAIL}}),
+    ] {
+        file_as(&mut deployment, &own_key, body).await?;
+    }
+    let (note, restricted): (String, bool) =
+        sqlx::query_as("SELECT note, restricted FROM ten_users WHERE id = $1")
+            .bind(ALPHA.id)
+            .fetch_one(&deployment.stores.accounts)
+            .await?;
+    ensure!(
+        note == "corrected" && restricted,
+        "alpha's row: {note} {restricted}"
+    );
+    ensure!(
+        records_of(&deployment, &BETA).await? == beta_before,
+        "beta's records changed"
+    );
+
+    // Tenant e2e's erasure takes its own user and leaves beta's exactly as it was.
     let id = file_as(
         &mut deployment,
         &own_key,
