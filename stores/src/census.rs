@@ -284,6 +284,22 @@ mod tests {
     }
 
     #[test]
+    fn of_several_tenant_columns_the_census_attributes_through_the_providing_collection() {
+        let text = ACCOUNTS.replace(
+            "match = { user_id = \"user_id\" }\n        erase = \"delete\"",
+            "match = { user_id = \"user_id\" }\n        erase = \"delete\"\n        tenant = \"customer\"",
+        );
+        let collections = collections(&text);
+        assert_eq!(collections[1].tenant.as_deref(), Some("customer"));
+        let plan = plan(Dialect::Postgres, &collections).unwrap();
+        assert!(
+            plan.method.contains("attributed through users.company"),
+            "{}",
+            plan.method
+        );
+    }
+
+    #[test]
     fn a_store_without_a_tenant_column_counts_every_subject_as_unattributed() {
         let plan = plan(
             Dialect::Mysql,

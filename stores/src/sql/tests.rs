@@ -7,7 +7,7 @@ use super::dialect::Dialect;
 use super::plan::build_plan;
 use super::queries::log_statements;
 use super::schema::{ColumnInfo, Family, LiveSchema};
-use super::statement::{Bind, KeyValues, MatchPart, Matcher, Sql, Statement};
+use super::statement::{Bind, KeyValues, MatchPart, Matcher, Sql, Statement, TenantCondition};
 
 fn column(name: &str, type_name: &str, family: Family, nullable: bool) -> ColumnInfo {
     ColumnInfo {
@@ -284,6 +284,40 @@ fn values_are_bound_never_spliced_in_either_dialect() {
             Bind::Int(7)
         ]
     );
+}
+
+#[test]
+fn a_tenant_scoped_match_binds_the_tenant_on_the_tenant_column() {
+    for (dialect, expected) in [
+        (
+            Dialect::Postgres,
+            r#"(lethe_t."email" = ANY($1)) AND lethe_t."company" = $2"#,
+        ),
+        (
+            Dialect::Mysql,
+            "(lethe_t.`email` IN (?)) AND lethe_t.`company` = ?",
+        ),
+    ] {
+        let matcher = Matcher {
+            parts: vec![MatchPart {
+                column: dialect.ident("email"),
+                normalization: Normalization::None,
+                values: KeyValues::Texts(vec!["a".into()]),
+            }],
+            tenant: Some(TenantCondition {
+                column: dialect.ident("company"),
+                name: "Acme; DROP TABLE users".into(),
+            }),
+        };
+        let mut sql = Sql::new(dialect);
+        sql.push_match(&matcher, Some("lethe_t"));
+        let statement = sql.finish();
+        assert_eq!(statement.sql, expected);
+        assert_eq!(
+            statement.binds.last(),
+            Some(&Bind::Text(Some("Acme; DROP TABLE users".into())))
+        );
+    }
 }
 
 #[test]
