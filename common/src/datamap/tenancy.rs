@@ -107,6 +107,17 @@ impl DataMap {
                             let routed = c.tenant.is_some()
                                 || (!c.matches.is_empty()
                                     && c.matches.keys().all(|m| derived.contains(m)));
+                            let moves = c
+                                .rectify
+                                .iter()
+                                .find(|(_, column)| c.tenant.as_deref() == Some(column.as_str()));
+                            if let Some((field, _)) = moves {
+                                problems.push(format!(
+                                    "stores.{name}.collections[{i}] ({}): with scope = \"tenant\" `rectify` may not write \
+                                     the tenant column (field `{field}`): a tenant could hand its user to another",
+                                    c.table
+                                ));
+                            }
                             if !routed {
                                 problems.push(format!(
                                     "stores.{name}.collections[{i}] ({}): with scope = \"tenant\" it has no way to its tenant: \
@@ -238,6 +249,17 @@ mod tests {
         );
         assert!(message.contains("no way to its tenant"), "{message}");
         assert!(!message.contains("(invoices)"), "{message}");
+        let message = map(
+            "tenant",
+            "tenant = \"company\"\n            rectify = { company = \"company\" }",
+            "",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            message.contains("may not write the tenant column"),
+            "{message}"
+        );
     }
 
     #[test]
