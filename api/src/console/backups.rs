@@ -37,6 +37,10 @@ fn planned(next: Option<Option<DateTime<Utc>>>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// A run a daemon planned: (daemon, item, next run or `None` when its schedule is off, when it
+/// was planned).
+type Plan = (String, String, Option<DateTime<Utc>>, DateTime<Utc>);
+
 /// `GET /console/backups`.
 pub async fn show(State(state): State<AppState>, op: Operator) -> Result<Response, PageError> {
     if !op.is_admin() {
@@ -48,8 +52,7 @@ pub async fn show(State(state): State<AppState>, op: Operator) -> Result<Respons
     )
     .fetch_all(&state.pool)
     .await?;
-    // (daemon, item, next run or None when the schedule is off, when it was planned)
-    let plans: Vec<(String, String, Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+    let plans: Vec<Plan> = sqlx::query_as(
         "SELECT daemon, item, next_at, planned_at FROM schedule_plan ORDER BY daemon, item",
     )
     .fetch_all(&state.pool)
@@ -87,7 +90,7 @@ pub async fn show(State(state): State<AppState>, op: Operator) -> Result<Respons
                 @if backups.is_empty() { tr { td colspan="6" .muted { "No completed backup yet." } } }
             }
         }
-        @let unbacked: Vec<&(String, String, Option<DateTime<Utc>>, DateTime<Utc>)> = plans.iter()
+        @let unbacked: Vec<&Plan> = plans.iter()
             .filter(|(d, i, _, _)| d == "backup" && !backups.iter().any(|b| &b.0 == i)).collect();
         @if !unbacked.is_empty() {
             p #never-backed-up { "Not backed up yet: "
