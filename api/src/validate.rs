@@ -28,6 +28,8 @@ pub struct ValidRequest {
     pub reason: Option<String>,
     /// Where to report the outcome.
     pub callback_url: Option<String>,
+    /// Count, change nothing.
+    pub dry_run: bool,
 }
 
 /// Checks `body` against `map`.
@@ -149,12 +151,20 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
             ));
         }
     }
+    if body.dry_run && matches!(body.kind, RequestKind::Access | RequestKind::Portability) {
+        return Err(ApiError::unprocessable(
+            "invalid_value",
+            "dry_run",
+            "only erasure, rectification, restriction and objection requests (and their lifting) can be dry runs",
+        ));
+    }
     Ok(ValidRequest {
         kind: body.kind,
         identities,
         changes,
         reason: body.reason,
         callback_url: body.callback_url,
+        dry_run: body.dry_run,
     })
 }
 

@@ -550,7 +550,7 @@ async fn replay_into(
             });
             continue;
         };
-        let done = connector.erase(&identities.0).await.map_err(|e| {
+        let done = connector.erase(&identities.0, false).await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot replay erasure {} (seq {}) in store `{}`: {e}",
                 erasure.request_id,

@@ -170,19 +170,19 @@ impl Eraser {
             });
         }
         self.check_identities(identities)?;
+        let dry_run = task.dry_run();
+        let flag = |flag, value| connector.set_flag(identities, flag, value, dry_run);
         match task.task {
             TaskKind::Resolve => connector.resolve(identities).await,
-            TaskKind::Erase => connector.erase(identities).await,
+            TaskKind::Erase => connector.erase(identities, dry_run).await,
             TaskKind::Rectify => {
                 let changes = self.changes(&task.params)?;
-                connector.rectify(identities, &changes).await
+                connector.rectify(identities, &changes, dry_run).await
             }
-            TaskKind::Restrict => connector.set_flag(identities, Flag::Restrict, true).await,
-            TaskKind::LiftRestriction => {
-                connector.set_flag(identities, Flag::Restrict, false).await
-            }
-            TaskKind::Object => connector.set_flag(identities, Flag::Object, true).await,
-            TaskKind::LiftObjection => connector.set_flag(identities, Flag::Object, false).await,
+            TaskKind::Restrict => flag(Flag::Restrict, true).await,
+            TaskKind::LiftRestriction => flag(Flag::Restrict, false).await,
+            TaskKind::Object => flag(Flag::Object, true).await,
+            TaskKind::LiftObjection => flag(Flag::Object, false).await,
             TaskKind::Collect | TaskKind::Assemble => Ok(TaskReport::default()),
         }
     }
@@ -204,6 +204,7 @@ impl Handler for Eraser {
                 counts = ?report.counts,
                 remaining = report.remaining,
                 derived,
+                dry_run = task.dry_run(),
                 "task carried out"
             );
         }

@@ -146,18 +146,44 @@ impl<B: Backend> SqlConnector<B> {
         })
     }
 
-    pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    /// Ends a task's transaction: commits it, or rolls it back for a dry run (whose counts
+    /// are then what the task would have changed).
+    async fn end(
+        &self,
+        session: B::Session,
+        dry_run: bool,
+        action: &'static str,
+    ) -> Result<(), TaskError> {
+        if dry_run {
+            session
+                .rollback()
+                .await
+                .during("rolling the dry run back", None)
+        } else {
+            session.commit().await.during(action, None)
+        }
+        .map_err(|f| self.task_error(f))
+    }
+
+    pub(crate) async fn erase(
+        &self,
+        identities: &Identities,
+        dry_run: bool,
+    ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
         let mut session = self.begin().await?;
         let (identities, counts) = erase_in(&mut session, &plan, identities, &self.hasher)
             .await
             .map_err(|f| self.task_error(f))?;
-        session
-            .commit()
-            .await
-            .during("committing the erasure", None)
-            .map_err(|f| self.task_error(f))?;
+        self.end(session, dry_run, "committing the erasure").await?;
+        if dry_run {
+            // Nothing changed: there is nothing to verify.
+            return Ok(TaskReport {
+                counts,
+                ..TaskReport::default()
+            });
+        }
 
         // Queried again after the commit, in a transaction of its own.
         let mut session = self.begin().await?;
@@ -189,6 +215,7 @@ impl<B: Backend> SqlConnector<B> {
         &self,
         identities: &Identities,
         changes: &BTreeMap<String, serde_json::Value>,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
@@ -196,11 +223,8 @@ impl<B: Backend> SqlConnector<B> {
         let counts = rectify_in(&mut session, &plan, identities, changes)
             .await
             .map_err(|f| self.task_error(f))?;
-        session
-            .commit()
-            .await
-            .during("committing the rectification", None)
-            .map_err(|f| self.task_error(f))?;
+        self.end(session, dry_run, "committing the rectification")
+            .await?;
         Ok(TaskReport {
             counts,
             ..TaskReport::default()
@@ -212,6 +236,7 @@ impl<B: Backend> SqlConnector<B> {
         identities: &Identities,
         flag: Flag,
         value: bool,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
@@ -219,11 +244,8 @@ impl<B: Backend> SqlConnector<B> {
         let counts = flag_in(&mut session, &plan, identities, flag, value)
             .await
             .map_err(|f| self.task_error(f))?;
-        session
-            .commit()
-            .await
-            .during("committing the flag change", None)
-            .map_err(|f| self.task_error(f))?;
+        self.end(session, dry_run, "committing the flag change")
+            .await?;
         Ok(TaskReport {
             counts,
             ..TaskReport::default()
