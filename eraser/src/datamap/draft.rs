@@ -694,15 +694,15 @@ fn write_collection(out: &mut String, store: &Sql<'_>, draft: &Draft) {
                 .iter()
                 .any(|i| i.columns.first().is_some_and(|c| c == column))
         });
-        let _ = writeln!(
-            out,
-            "# match {identity}: {evidence}{}",
-            if indexed {
-                " (indexed)"
-            } else {
-                " (TODO: no index starts with it; an erasure scans the table)"
-            }
-        );
+        let index = if store.kind == "postgres" && (identity == "email" || identity == "phone") {
+            // PostgreSQL compares the normalised column, which a plain index does not serve.
+            " (TODO: create the expression index the README's data map section shows)"
+        } else if indexed {
+            " (indexed)"
+        } else {
+            " (TODO: no index starts with it; an erasure scans the table)"
+        };
+        let _ = writeln!(out, "# match {identity}: {evidence}{index}");
     }
     for (identity, (column, evidence)) in &draft.provides {
         let _ = writeln!(out, "# provides {identity} = `{column}`: {evidence}");
