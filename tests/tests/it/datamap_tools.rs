@@ -708,3 +708,86 @@ async fn datamap_check_names_a_table_whose_collection_was_removed_as_uncovered_p
     assert!(leaks.is_empty(), "{leaks:?}");
     deployment.cleanup().await
 }
+
+#[tokio::test]
+async fn dry_run_rectification_restriction_and_erasure_tasks_count_what_the_real_ones_change_and_change_nothing()
+-> Result<()> {
+    use lethe_common::messages::{TaskKind, TaskMessage};
+    use lethe_tests::digest::sample_digest;
+    use lethe_tests::eraser_support::{EraserBed, identities_of, identity, task};
+
+    // Arrange: the sample stores, the sessions store recording restrictions in a set too.
+    let bed = EraserBed::create(&Services::from_env()).await?;
+    bed.seed(12, 31).await?;
+    let mut map: toml::Table = toml::from_str(&bed.sample_map()?)?;
+    if let Some(sessions) = map["stores"]["sessions"].as_table_mut() {
+        sessions.insert(
+            "restrict".into(),
+            toml::toml! { set = "restricted" identity = "user_id" }.into(),
+        );
+    }
+    bed.write_map(&toml::to_string(&map)?)?;
+    let s = lethe_sample::subject(31, 4);
+    let everyone = identities_of(&s);
+    let user = identity("user_id", s.user.id.to_string());
+    let rectify = |dry: bool| -> Result<TaskMessage> {
+        let mut t = task(TaskKind::Rectify, "accounts", everyone.clone())?;
+        t.params = json!({"changes": {"first_name": "Renamed"}, "dry_run": dry});
+        Ok(t)
+    };
+    let dry = |mut t: TaskMessage| {
+        t.params = json!({"dry_run": true});
+        t
+    };
+    let mut tasks = vec![rectify(true)?];
+    tasks.push(dry(task(TaskKind::Restrict, "accounts", everyone.clone())?));
+    tasks.push(dry(task(TaskKind::Restrict, "sessions", user.clone())?));
+    for store in ["chat", "sessions", "files", "accounts"] {
+        tasks.push(dry(task(TaskKind::Erase, store, everyone.clone())?));
+    }
+    let before = sample_digest(&bed.stores).await?;
+
+    // Act: the dry runs, then the same tasks for real.
+    let dry_results = crate::eraser::run_tasks(&bed, &tasks).await?;
+    let after_dry = sample_digest(&bed.stores).await?;
+    let real: Vec<TaskMessage> = tasks
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t.request_id = lethe_common::ids::RequestId::new();
+            if let Some(params) = t.params.as_object_mut() {
+                params.remove("dry_run");
+            }
+            t
+        })
+        .collect();
+    // Erase last: the rectification and restriction must find the subject.
+    let mut real_results = Vec::new();
+    for t in &real {
+        real_results.extend(crate::eraser::run_tasks(&bed, std::slice::from_ref(t)).await?);
+    }
+
+    // Assert
+    assert_eq!(after_dry, before, "a dry run changed a store");
+    for ((t, dry), real) in tasks.iter().zip(&dry_results).zip(&real_results) {
+        let counted = &crate::eraser::done(dry)?.counts;
+        assert_eq!(
+            counted,
+            &crate::eraser::done(real)?.counts,
+            "{} in {:?}",
+            t.task,
+            t.store
+        );
+        assert_eq!(crate::eraser::done(dry)?.remaining, None);
+    }
+    let total = |results: &[lethe_common::messages::TaskResult]| -> u64 {
+        results
+            .iter()
+            .filter_map(|r| crate::eraser::done(r).ok())
+            .flat_map(|r| r.counts.values())
+            .sum()
+    };
+    assert!(total(&dry_results) > 10, "{dry_results:?}");
+    assert_ne!(sample_digest(&bed.stores).await?, before);
+    bed.cleanup().await
+}
