@@ -521,6 +521,19 @@ async fn a_suggested_data_map_passes_the_check_and_its_erasure_leaves_nothing_of
             .fetch_one(&deployment.ledger)
             .await?;
     assert_eq!(recorded, 0, "a dry run is never replayed after a restore");
+    let console =
+        lethe_tests::browser::ConsoleClient::login(&deployment.api()?, &deployment.key).await?;
+    let (status, _, page) = console.get(&format!("/console/requests/{dry}")).await?;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("id=\"dry-run\""),
+        "the console does not show the dry run"
+    );
+    let (_, _, listing) = console.get("/console/requests").await?;
+    assert!(
+        listing.contains("(dry run)"),
+        "the console's listing does not mark the dry run"
+    );
 
     // The erasure does what the dry run counted, and leaves nothing of the subject.
     let real = deployment
@@ -528,6 +541,11 @@ async fn a_suggested_data_map_passes_the_check_and_its_erasure_leaves_nothing_of
         .await?;
     let real_view = deployment.wait_completed(&real, REQUEST_TIMEOUT).await?;
     assert_eq!(real_view["dry_run"], false);
+    let (_, _, page) = console.get(&format!("/console/requests/{real}")).await?;
+    assert!(
+        !page.contains("id=\"dry-run\""),
+        "the console shows an erasure as a dry run"
+    );
     let counted = erase_counts(&dry_view);
     assert_eq!(counted.len(), 4, "{dry_view}");
     assert_eq!(
