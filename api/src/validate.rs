@@ -339,6 +339,11 @@ mod tests {
                 "unknown_field",
                 "extra",
             ),
+            (
+                r#"{"kind":"access","subject":{"user_id":"1"},"dry_run":true}"#,
+                "invalid_value",
+                "dry_run",
+            ),
         ];
         for (body, code, field) in cases {
             assert_eq!(
