@@ -9,13 +9,14 @@ use std::fmt::Write as _;
 
 use lethe_common::Settings;
 use lethe_common::coverage;
-use lethe_common::datamap::{DataMap, EraseStrategy, Store};
+use lethe_common::datamap::{DataMap, EraseStrategy, Normalization, Store};
 use lethe_common::privacy::IdentityHasher;
-use lethe_stores::discovery::read_catalog;
-use lethe_stores::{Connector, SchemaCheck};
+use lethe_stores::discovery::{Catalog, read_catalog, sample_objects, sample_redis_keys};
+use lethe_stores::{Connector, SchemaCheck, ServedStore, StoreConnection};
 use secrecy::SecretString;
 
 use super::classify::classify;
+use super::templates::{IdentityValues, patterns};
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -70,12 +71,16 @@ pub async fn check(settings: &Settings) -> anyhow::Result<Report> {
         .problems
         .extend(reach.findings.iter().map(|f| f.to_string()));
 
+    let mut catalogs: Vec<(&ServedStore, Catalog)> = Vec::new();
     for store in &served {
         let Some(Store::Postgres(sql) | Store::Mysql(sql)) = map.stores.get(&store.name) else {
             continue;
         };
         let catalog = match read_catalog(&store.connection).await {
-            Ok(catalog) => catalog,
+            Ok(catalog) => {
+                catalogs.push((store, catalog.clone()));
+                catalog
+            }
             Err(error) => {
                 report.problems.push(format!(
                     "store `{}`: cannot read the catalog: {error}",
@@ -130,6 +135,10 @@ pub async fn check(settings: &Settings) -> anyhow::Result<Report> {
             catalog.tables.len(),
             uncovered
         );
+    }
+    let values = identity_values(&map, &catalogs);
+    for store in &served {
+        uncovered_keys(&map, store, &values, &mut report).await;
     }
     if report.problems.is_empty() {
         let _ = writeln!(
@@ -230,4 +239,92 @@ fn needs_of(map: &DataMap, place: &str) -> Vec<String> {
         };
     }
     Vec::new()
+}
+
+/// The values the SQL stores hold of each identity (their `match` and `provides` columns),
+/// sampled, in the map's order of identities.
+fn identity_values(map: &DataMap, catalogs: &[(&ServedStore, Catalog)]) -> Vec<IdentityValues> {
+    let matching = map.matching();
+    map.identities
+        .iter()
+        .map(|identity| {
+            let mut values = BTreeSet::new();
+            for (store, catalog) in catalogs {
+                let Some(Store::Postgres(sql) | Store::Mysql(sql)) = map.stores.get(&store.name)
+                else {
+                    continue;
+                };
+                for collection in &sql.collections {
+                    let table = collection.table.rsplit('.').next().unwrap_or_default();
+                    let column = collection
+                        .matches
+                        .get(identity)
+                        .or_else(|| collection.provides.get(identity));
+                    if let Some(c) = column.and_then(|c| catalog.table(table)?.column(c)) {
+                        values.extend(c.samples.values().iter().cloned());
+                    }
+                }
+            }
+            IdentityValues {
+                name: identity.clone(),
+                email: matching.rule(identity) == Normalization::Email,
+                values,
+            }
+        })
+        .collect()
+}
+
+/// Redis keys and S3 objects, sampled, whose shape names an identity that no key template or
+/// prefix of the store covers: an erasure would leave them.
+async fn uncovered_keys(
+    map: &DataMap,
+    store: &ServedStore,
+    values: &[IdentityValues],
+    report: &mut Report,
+) {
+    let (sampled, separator, folders, templates): (_, char, bool, Vec<String>) =
+        match (map.stores.get(&store.name), &store.connection) {
+            (Some(Store::Redis(redis)), StoreConnection::Redis(handle)) => (
+                sample_redis_keys(handle, &redis.key_prefix).await,
+                ':',
+                false,
+                redis.keys.clone(),
+            ),
+            (Some(Store::S3(s3)), StoreConnection::S3(client)) => (
+                sample_objects(client, &s3.bucket, "").await,
+                '/',
+                true,
+                s3.prefixes.clone(),
+            ),
+            _ => return,
+        };
+    let keys = match sampled {
+        Ok(keys) => keys,
+        Err(error) => {
+            report.problems.push(format!(
+                "store `{}`: cannot sample its keys: {error}",
+                store.name
+            ));
+            return;
+        }
+    };
+    let mut uncovered = 0;
+    for pattern in patterns(keys.values(), separator, folders, values) {
+        let covered = templates.iter().any(|t| {
+            *t == pattern.template || (folders && pattern.template.starts_with(t.as_str()))
+        });
+        if pattern.is_subjects() && !covered {
+            uncovered += 1;
+            report.problems.push(format!(
+                "store `{}`: uncovered personal data: {} sampled key(s) shaped `{}` name an identity that no template covers",
+                store.name, pattern.keys, pattern.template
+            ));
+        }
+    }
+    let _ = writeln!(
+        report.text,
+        "store `{}`: {} key(s) sampled, {uncovered} key shape(s) uncovered",
+        store.name,
+        keys.len()
+    );
 }

@@ -499,6 +499,25 @@ async fn a_suggested_data_map_passes_the_check_and_its_erasure_leaves_nothing_of
     assert_no_sampled_value("the output of datamap check", &report);
     assert!(report.contains("shop.shipments: email -> customer_id (shop.customers) -> order_id (shop.orders) -> order_item_id (shop.order_items)"), "{report}");
 
+    // A key family the map does not cover is named by the check.
+    let wishlist = format!("{}wishlist:{SUBJECT}", shop.key_prefix);
+    let mut redis = shop.redis.clone();
+    let _: () = redis::cmd("SET")
+        .arg(&wishlist)
+        .arg("teapot")
+        .query_async(&mut redis)
+        .await?;
+    let (ok, report, _) = eraser_tool(&deployment, &["datamap", "check"]).await?;
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("sampled key(s) shaped `wishlist:{customer_id}` name an identity"),
+        "{report}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&wishlist)
+        .query_async(&mut redis)
+        .await?;
+
     // A dry run changes nothing.
     deployment.start(Daemon::Api).await?;
     deployment.start(Daemon::Eraser).await?;
