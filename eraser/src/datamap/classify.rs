@@ -131,12 +131,10 @@ fn name_says_email(name: &str) -> bool {
 }
 
 fn name_says_phone(name: &str) -> bool {
-    ["phone", "mobile", "msisdn", "tel"].iter().any(|w| {
-        name == *w
-            || name.ends_with(&format!("_{w}"))
-            || name.starts_with(&format!("{w}_"))
-            || name.contains("phone")
-    })
+    name.contains("phone")
+        || ["mobile", "msisdn", "tel"].iter().any(|w| {
+            name == *w || name.ends_with(&format!("_{w}")) || name.starts_with(&format!("{w}_"))
+        })
 }
 
 fn name_says_ip(name: &str) -> bool {
