@@ -170,14 +170,17 @@ impl Eraser {
             });
         }
         self.check_identities(identities)?;
+        let tenant = task.tenant.as_deref();
         let dry_run = task.dry_run();
-        let flag = |flag, value| connector.set_flag(identities, flag, value, dry_run);
+        let flag = |flag, value| connector.set_flag(identities, tenant, flag, value, dry_run);
         match task.task {
-            TaskKind::Resolve => connector.resolve(identities).await,
-            TaskKind::Erase => connector.erase(identities, dry_run).await,
+            TaskKind::Resolve => connector.resolve(identities, tenant).await,
+            TaskKind::Erase => connector.erase(identities, tenant, dry_run).await,
             TaskKind::Rectify => {
                 let changes = self.changes(&task.params)?;
-                connector.rectify(identities, &changes, dry_run).await
+                connector
+                    .rectify(identities, tenant, &changes, dry_run)
+                    .await
             }
             TaskKind::Restrict => flag(Flag::Restrict, true).await,
             TaskKind::LiftRestriction => flag(Flag::Restrict, false).await,

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use lethe_common::datamap::Store;
+use lethe_common::datamap::{Scope, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskReport};
 use lethe_common::privacy::IdentityHasher;
 use lethe_common::worker::TaskError;
 
 use crate::connection::{ServedStore, StoreConnection};
+use crate::values::with_tenant;
 use crate::{redis, s3, sql};
 
 /// Which processing flag a restriction-family task sets or lifts.
@@ -83,6 +84,7 @@ pub struct SourceObject<'a> {
 /// Carries out tasks in one store.
 pub struct Connector {
     store: StoreName,
+    scope: Scope,
     inner: Inner,
 }
 
@@ -97,6 +99,11 @@ impl Connector {
     /// A connector for `served`; `hasher` keys the `hash` mask.
     pub fn new(served: &ServedStore, hasher: IdentityHasher) -> Result<Self, KindMismatch> {
         let store = served.name.clone();
+        let scope = match &served.store {
+            Store::Postgres(sql) | Store::Mysql(sql) => sql.scope,
+            Store::Redis(spec) => spec.scope,
+            Store::S3(spec) => spec.scope,
+        };
         let inner = match (&served.store, &served.connection) {
             (Store::Postgres(sql), StoreConnection::Postgres(pool)) => {
                 Inner::Postgres(sql::SqlConnector::new(
@@ -124,7 +131,28 @@ impl Connector {
             )),
             _ => return Err(KindMismatch(store)),
         };
-        Ok(Self { store, inner })
+        Ok(Self {
+            store,
+            scope,
+            inner,
+        })
+    }
+
+    /// The tenant whose records a task may touch: `None` in a global deployment (every record
+    /// of the subject), the task's tenant in a tenant-scoped one, which refuses a task that
+    /// names none rather than touch every tenant's records.
+    fn tenant<'t>(&self, tenant: Option<&'t str>) -> Result<Option<&'t str>, TaskError> {
+        match (self.scope, tenant) {
+            (Scope::Global, _) => Ok(None),
+            (Scope::Tenant, Some(tenant)) if !tenant.trim().is_empty() => Ok(Some(tenant)),
+            (Scope::Tenant, _) => Err(TaskError::Permanent {
+                code: "missing_tenant",
+                reason: format!(
+                    "store `{}`: the deployment is tenant-scoped and the task names no tenant",
+                    self.store
+                ),
+            }),
+        }
     }
 
     /// The store's name.
@@ -147,10 +175,19 @@ impl Connector {
     /// Finds the identities the store derives from the given ones (`email -> user_id`),
     /// following its derivations to a fixed point. `derived` holds every value found, `counts`
     /// the rows found per providing collection.
-    pub async fn resolve(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    ///
+    /// Every flow takes the task's `tenant`: in a tenant-scoped deployment it touches only that
+    /// tenant's records (rows whose tenant column names it, keys and prefixes rendered with it
+    /// for `{tenant}`) and fails without one; a global deployment ignores it.
+    pub async fn resolve(
+        &self,
+        identities: &Identities,
+        tenant: Option<&str>,
+    ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.resolve(identities).await,
-            Inner::Mysql(c) => c.resolve(identities).await,
+            Inner::Postgres(c) => c.resolve(identities, tenant).await,
+            Inner::Mysql(c) => c.resolve(identities, tenant).await,
             Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -166,13 +203,15 @@ impl Connector {
     pub async fn erase(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.erase(identities, dry_run).await,
-            Inner::Mysql(c) => c.erase(identities, dry_run).await,
-            Inner::Redis(c) => c.erase(identities, dry_run).await,
-            Inner::S3(c) => c.erase(identities, dry_run).await,
+            Inner::Postgres(c) => c.erase(identities, tenant, dry_run).await,
+            Inner::Mysql(c) => c.erase(identities, tenant, dry_run).await,
+            Inner::Redis(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
+            Inner::S3(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
         }
     }
 
@@ -183,12 +222,14 @@ impl Connector {
     pub async fn rectify(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         changes: &BTreeMap<String, serde_json::Value>,
         dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.rectify(identities, changes, dry_run).await,
-            Inner::Mysql(c) => c.rectify(identities, changes, dry_run).await,
+            Inner::Postgres(c) => c.rectify(identities, tenant, changes, dry_run).await,
+            Inner::Mysql(c) => c.rectify(identities, tenant, changes, dry_run).await,
             Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -199,14 +240,19 @@ impl Connector {
     pub async fn set_flag(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         flag: Flag,
         value: bool,
         dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.set_flag(identities, flag, value, dry_run).await,
-            Inner::Mysql(c) => c.set_flag(identities, flag, value, dry_run).await,
-            Inner::Redis(c) => c.set_flag(identities, flag, value, dry_run).await,
+            Inner::Postgres(c) => c.set_flag(identities, tenant, flag, value, dry_run).await,
+            Inner::Mysql(c) => c.set_flag(identities, tenant, flag, value, dry_run).await,
+            Inner::Redis(c) => {
+                c.set_flag(&with_tenant(identities, tenant), flag, value, dry_run)
+                    .await
+            }
             Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -220,13 +266,15 @@ impl Connector {
     pub async fn collect<K: CollectSink>(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         sink: &mut K,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.collect(identities, sink).await,
-            Inner::Mysql(c) => c.collect(identities, sink).await,
-            Inner::Redis(c) => c.collect(identities, sink).await,
-            Inner::S3(c) => c.collect(identities, sink).await,
+            Inner::Postgres(c) => c.collect(identities, tenant, sink).await,
+            Inner::Mysql(c) => c.collect(identities, tenant, sink).await,
+            Inner::Redis(c) => c.collect(&with_tenant(identities, tenant), sink).await,
+            Inner::S3(c) => c.collect(&with_tenant(identities, tenant), sink).await,
         }
     }
 }

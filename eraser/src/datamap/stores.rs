@@ -66,11 +66,13 @@ pub async fn discover(
                 url_env: arg.url_env.clone(),
                 collections: Vec::new(),
                 matching,
+                scope: Default::default(),
             }),
             "mysql" | "mariadb" => Store::Mysql(SqlStore {
                 url_env: arg.url_env.clone(),
                 collections: Vec::new(),
                 matching,
+                scope: Default::default(),
             }),
             "redis" | "rediss" => Store::Redis(RedisStore {
                 url_env: arg.url_env.clone(),
@@ -79,6 +81,7 @@ pub async fn discover(
                 restrict: None,
                 object: None,
                 matching,
+                scope: Default::default(),
             }),
             "s3" => {
                 let path = url.trim_start_matches("s3://");
@@ -90,6 +93,7 @@ pub async fn discover(
                     access_key_id_env: None,
                     secret_access_key_env: None,
                     matching,
+                    scope: Default::default(),
                 })
             }
             _ => bail!(
