@@ -415,9 +415,10 @@ impl Coordinator {
         .bind(found)
         .execute(&mut **tx)
         .await?;
-        if request.kind() == RequestKind::Erasure {
+        if request.kind() == RequestKind::Erasure && !request.dry_run {
             // The restore replay erases, after a restore, everyone recorded here after the
-            // backup was taken.
+            // backup was taken. A dry run erased nothing: there is nothing to replay, and
+            // without a record its identities are minimised as soon as it finished.
             sqlx::query(
                 "INSERT INTO erasure_log (request_id, tenant_id, identities, identity_hash)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",

@@ -175,6 +175,12 @@ pub struct NewRequest {
     /// Where to POST the outcome (signed with the tenant's webhook secret).
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// Count what the request would change, change nothing (erasure, rectification,
+    /// restriction, objection and their lifting only). SQL stores run every statement in the
+    /// task's transaction and roll it back; Redis and S3 count. A dry-run erasure's receipt
+    /// says `"dry_run": true`, and a restore never replays it.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One identity given as a single value or several.

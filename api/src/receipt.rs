@@ -128,6 +128,10 @@ pub struct Receipt {
     request_id: RequestId,
     tenant_id: TenantId,
     kind: &'static str,
+    /// A dry run: `counts` are what the erasure would delete or mask; nothing was changed
+    /// (so `remaining` is absent). Present only on dry runs.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
     subject_hash: String,
     received_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
@@ -231,6 +235,7 @@ impl Receipt {
             request_id: row.id,
             tenant_id: row.tenant_id,
             kind: "erasure",
+            dry_run: row.dry_run,
             subject_hash: row.identity_hash.clone(),
             received_at: row.received_at,
             completed_at: row.completed_at,

@@ -63,6 +63,8 @@ pub struct RequestRow {
     pub closure: Option<Json<Closure>>,
     /// Whether any store held anything of the subject (set on completion).
     pub found: Option<bool>,
+    /// A dry run: counted, nothing changed, never replayed by a restore.
+    pub dry_run: bool,
 }
 
 impl RequestRow {
@@ -107,7 +109,7 @@ impl RequestRow {
 /// Columns of [`RequestRow`], for `SELECT`s.
 pub const REQUEST_COLUMNS: &str = "id, tenant_id, kind, status, phase, identities, identity_hash, params, \
      traceparent, callback_url, failure, received_at, target_at, due_at, extended_at, \
-     extension_reason, completed_at, closure, found";
+     extension_reason, completed_at, closure, found, dry_run";
 
 /// The keyed hash standing for a subject's identities.
 pub fn identity_hash(hasher: &IdentityHasher, identities: &Identities) -> String {
@@ -271,11 +273,15 @@ impl Intake<'_> {
         let received = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let trace = Traceparent::new_root();
         let changes: BTreeSet<String> = request.changes.keys().cloned().collect();
-        let params = if request.changes.is_empty() {
+        let mut params = if request.changes.is_empty() {
             json!({})
         } else {
             json!({ "changes": request.changes })
         };
+        if request.dry_run {
+            // Every task carries it (`TaskMessage::dry_run`); the ledger keeps it in its column.
+            params["dry_run"] = json!(true);
+        }
         let (phase, tasks) = self
             .planner
             .start(request.kind, &request.identities, &changes);
@@ -324,9 +330,9 @@ impl Intake<'_> {
             "WITH r AS (
                 INSERT INTO request (id, tenant_id, kind, status, identities, identity_hash, params,
                     reason, callback_url, traceparent, phase, idempotency_key, idempotency_fingerprint,
-                    received_at, target_at, due_at, completed_at, closure)
+                    received_at, target_at, due_at, completed_at, closure, dry_run)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    CASE WHEN $4 = 'completed' THEN $14 END, $24)
+                    CASE WHEN $4 = 'completed' THEN $14 END, $24, $25)
                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                 RETURNING id
              ), t AS (
@@ -365,6 +371,7 @@ impl Intake<'_> {
         .bind(&outgoing.payloads)
         .bind(Json(&audit))
         .bind(Json(&closure))
+        .bind(request.dry_run)
         .fetch_optional(self.pool)
         .await?;
 

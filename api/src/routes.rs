@@ -147,6 +147,8 @@ pub struct RequestView {
     pub found: Option<bool>,
     /// The identity closure: resolve rounds across stores, kinds and counts only.
     pub closure: Option<Closure>,
+    /// A dry run: the tasks' counts are what the request would change; nothing changed.
+    pub dry_run: bool,
     /// Per-store tasks.
     pub tasks: Vec<TaskView>,
     /// The audit trail.
@@ -250,6 +252,7 @@ pub async fn show(
         failure: row.failure.clone(),
         found: row.found,
         closure: row.closure.as_ref().map(|j| j.0.clone()),
+        dry_run: row.dry_run,
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         audit,
     }))
@@ -292,6 +295,8 @@ pub struct RequestSummary {
     pub overdue: bool,
     /// Completed.
     pub completed_at: Option<DateTime<Utc>>,
+    /// A dry run (counted, nothing changed).
+    pub dry_run: bool,
 }
 
 /// A page of requests.
@@ -362,6 +367,7 @@ pub async fn list(
             due_at: row.due_at,
             overdue: is_overdue(row),
             completed_at: row.completed_at,
+            dry_run: row.dry_run,
         })
         .collect();
     let next_cursor = if more {

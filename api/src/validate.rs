@@ -28,6 +28,8 @@ pub struct ValidRequest {
     pub reason: Option<String>,
     /// Where to report the outcome.
     pub callback_url: Option<String>,
+    /// Count, change nothing.
+    pub dry_run: bool,
 }
 
 /// Checks `body` against `map`.
@@ -166,12 +168,20 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
             ));
         }
     }
+    if body.dry_run && matches!(body.kind, RequestKind::Access | RequestKind::Portability) {
+        return Err(ApiError::unprocessable(
+            "invalid_value",
+            "dry_run",
+            "only erasure, rectification, restriction and objection requests (and their lifting) can be dry runs",
+        ));
+    }
     Ok(ValidRequest {
         kind: body.kind,
         identities,
         changes,
         reason: body.reason,
         callback_url: body.callback_url,
+        dry_run: body.dry_run,
     })
 }
 
@@ -345,6 +355,11 @@ mod tests {
                 r#"{"kind":"erasure","subject":{"user_id":"1"},"extra":true}"#,
                 "unknown_field",
                 "extra",
+            ),
+            (
+                r#"{"kind":"access","subject":{"user_id":"1"},"dry_run":true}"#,
+                "invalid_value",
+                "dry_run",
             ),
         ];
         for (body, code, field) in cases {

@@ -551,7 +551,7 @@ async fn replay_into(
             continue;
         };
         let done = connector
-            .erase(&identities.0, Some(&erasure.tenant))
+            .erase(&identities.0, Some(&erasure.tenant), false)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -180,7 +180,8 @@ pub struct TaskMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// Task-specific parameters (rectification's field changes, an export's recipient
-    /// certificate, ...).
+    /// certificate, ...), and `"dry_run": true` on a dry run's tasks (see
+    /// [`TaskMessage::dry_run`]).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub params: serde_json::Value,
     /// Incremented when the coordinator issues the same task again after a failure, so the
@@ -192,6 +193,15 @@ pub struct TaskMessage {
 }
 
 impl TaskMessage {
+    /// Whether the task belongs to a dry run (`params.dry_run`): the worker counts what it
+    /// would change and changes nothing (SQL: its transaction is rolled back).
+    pub fn dry_run(&self) -> bool {
+        self.params
+            .get("dry_run")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+
     /// The `Nats-Msg-Id` of this task: `<request_id>.<task>.<store>[.<generation>]`, so a
     /// task published twice (a relay retry, two coordinators) reaches a worker once.
     pub fn message_id(&self) -> String {

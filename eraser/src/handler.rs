@@ -171,33 +171,21 @@ impl Eraser {
         }
         self.check_identities(identities)?;
         let tenant = task.tenant.as_deref();
+        let dry_run = task.dry_run();
+        let flag = |flag, value| connector.set_flag(identities, tenant, flag, value, dry_run);
         match task.task {
             TaskKind::Resolve => connector.resolve(identities, tenant).await,
-            TaskKind::Erase => connector.erase(identities, tenant).await,
+            TaskKind::Erase => connector.erase(identities, tenant, dry_run).await,
             TaskKind::Rectify => {
                 let changes = self.changes(&task.params)?;
-                connector.rectify(identities, tenant, &changes).await
-            }
-            TaskKind::Restrict => {
                 connector
-                    .set_flag(identities, tenant, Flag::Restrict, true)
+                    .rectify(identities, tenant, &changes, dry_run)
                     .await
             }
-            TaskKind::LiftRestriction => {
-                connector
-                    .set_flag(identities, tenant, Flag::Restrict, false)
-                    .await
-            }
-            TaskKind::Object => {
-                connector
-                    .set_flag(identities, tenant, Flag::Object, true)
-                    .await
-            }
-            TaskKind::LiftObjection => {
-                connector
-                    .set_flag(identities, tenant, Flag::Object, false)
-                    .await
-            }
+            TaskKind::Restrict => flag(Flag::Restrict, true).await,
+            TaskKind::LiftRestriction => flag(Flag::Restrict, false).await,
+            TaskKind::Object => flag(Flag::Object, true).await,
+            TaskKind::LiftObjection => flag(Flag::Object, false).await,
             TaskKind::Collect | TaskKind::Assemble => Ok(TaskReport::default()),
         }
     }
@@ -219,6 +207,7 @@ impl Handler for Eraser {
                 counts = ?report.counts,
                 remaining = report.remaining,
                 derived,
+                dry_run = task.dry_run(),
                 "task carried out"
             );
         }

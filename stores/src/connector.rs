@@ -196,53 +196,61 @@ impl Connector {
     /// holds the rows, keys or objects deleted or masked per collection (zero for retained
     /// collections and for a subject already erased); `remaining` is always `Some(0)`: matches
     /// left after the erasure make the task fail transiently instead.
+    ///
+    /// A `dry_run` changes nothing and counts what the erasure would change: SQL stores run
+    /// the same statements in the task's one transaction and roll it back, Redis and S3
+    /// stores count the keys and objects that exist; `remaining` is then `None`.
     pub async fn erase(
         &self,
         identities: &Identities,
         tenant: Option<&str>,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.erase(identities, tenant).await,
-            Inner::Mysql(c) => c.erase(identities, tenant).await,
-            Inner::Redis(c) => c.erase(&with_tenant(identities, tenant)).await,
-            Inner::S3(c) => c.erase(&with_tenant(identities, tenant)).await,
+            Inner::Postgres(c) => c.erase(identities, tenant, dry_run).await,
+            Inner::Mysql(c) => c.erase(identities, tenant, dry_run).await,
+            Inner::Redis(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
+            Inner::S3(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
         }
     }
 
     /// Sets the rectifiable fields named in `changes` (field name -> new value; `null` clears)
     /// on the subject's rows, in every collection that declares them. Fields this store does not
     /// declare are left to other stores. `counts` holds the rows changed per collection (rows
-    /// that already hold the new values are not counted).
+    /// that already hold the new values are not counted). A `dry_run` rolls the change back.
     pub async fn rectify(
         &self,
         identities: &Identities,
         tenant: Option<&str>,
         changes: &BTreeMap<String, serde_json::Value>,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.rectify(identities, tenant, changes).await,
-            Inner::Mysql(c) => c.rectify(identities, tenant, changes).await,
+            Inner::Postgres(c) => c.rectify(identities, tenant, changes, dry_run).await,
+            Inner::Mysql(c) => c.rectify(identities, tenant, changes, dry_run).await,
             Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
 
     /// Sets (`value = true`) or lifts a restriction or objection on the subject's records.
-    /// `counts` holds the records whose flag changed.
+    /// `counts` holds the records whose flag changed (would change, for a `dry_run`, which
+    /// changes nothing).
     pub async fn set_flag(
         &self,
         identities: &Identities,
         tenant: Option<&str>,
         flag: Flag,
         value: bool,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.set_flag(identities, tenant, flag, value).await,
-            Inner::Mysql(c) => c.set_flag(identities, tenant, flag, value).await,
+            Inner::Postgres(c) => c.set_flag(identities, tenant, flag, value, dry_run).await,
+            Inner::Mysql(c) => c.set_flag(identities, tenant, flag, value, dry_run).await,
             Inner::Redis(c) => {
-                c.set_flag(&with_tenant(identities, tenant), flag, value)
+                c.set_flag(&with_tenant(identities, tenant), flag, value, dry_run)
                     .await
             }
             Inner::S3(_) => Ok(TaskReport::default()),

@@ -37,11 +37,13 @@
 //! | `redis` | Redis: key templates, `UNLINK` pipelines, flag keys, collect |
 //! | `s3` | S3: prefixes, batch deletes, collect by reference |
 //! | `census` | the breach register's per-tenant subject counts |
+//! | `discovery` | live catalogs, Redis keys and S3 listings, sampled, for `datamap suggest` and `datamap check` |
 //! | `values` | a task's identity values: usable values, template renderings, bounds |
 
 pub mod census;
 pub mod connection;
 mod connector;
+pub mod discovery;
 mod redis;
 mod s3;
 mod sql;

@@ -222,8 +222,15 @@ impl RedisConnector {
         }))
     }
 
-    pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    pub(crate) async fn erase(
+        &self,
+        identities: &Identities,
+        dry_run: bool,
+    ) -> Result<TaskReport, TaskError> {
         let keys = self.keys(identities)?;
+        if dry_run {
+            return self.count_existing(&keys).await;
+        }
         let mut counts: BTreeMap<String, u64> = keys.iter().map(|(t, _)| (t.clone(), 0)).collect();
         let with_keys: Vec<&(String, Vec<String>)> =
             keys.iter().filter(|(_, k)| !k.is_empty()).collect();
@@ -273,11 +280,53 @@ impl RedisConnector {
         })
     }
 
+    /// A dry run's erasure: the keys that exist per template, each counted once (as `UNLINK`
+    /// would count it, in the first template that names it).
+    async fn count_existing(
+        &self,
+        keys: &[(String, Vec<String>)],
+    ) -> Result<TaskReport, TaskError> {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let distinct: Vec<(&String, Vec<&str>)> = keys
+            .iter()
+            .map(|(template, keys)| {
+                let keys = keys
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|k| seen.insert(k))
+                    .collect();
+                (template, keys)
+            })
+            .collect();
+        let mut counts: BTreeMap<String, u64> = keys.iter().map(|(t, _)| (t.clone(), 0)).collect();
+        let with_keys: Vec<&(&String, Vec<&str>)> =
+            distinct.iter().filter(|(_, k)| !k.is_empty()).collect();
+        if !with_keys.is_empty() {
+            let mut connection = self.connection().await?;
+            let mut pipe = redis::pipe();
+            for (_, keys) in &with_keys {
+                pipe.cmd("EXISTS").arg(keys);
+            }
+            let existing: Vec<u64> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error("counting keys", &e))?;
+            for ((template, _), n) in with_keys.iter().zip(existing) {
+                counts.insert((*template).clone(), n);
+            }
+        }
+        Ok(TaskReport {
+            counts,
+            ..TaskReport::default()
+        })
+    }
+
     pub(crate) async fn set_flag(
         &self,
         identities: &Identities,
         flag: Flag,
         value: bool,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         let set = match flag {
             Flag::Restrict => &self.spec.restrict,
@@ -302,6 +351,24 @@ impl RedisConnector {
         }
         let key = format!("{}{}", self.spec.key_prefix, set.set);
         let mut connection = self.connection().await?;
+        if dry_run {
+            // What SADD would add (members missing) or SREM would remove (members present).
+            let mut distinct = members.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let present: Vec<bool> = redis::cmd("SMISMEMBER")
+                .arg(&key)
+                .arg(&distinct)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error("reading the flag set", &e))?;
+            let changed = present.iter().filter(|p| **p != value).count() as u64;
+            counts.insert(set.set.clone(), changed);
+            return Ok(TaskReport {
+                counts,
+                ..TaskReport::default()
+            });
+        }
         let command = if value { "SADD" } else { "SREM" };
         let changed: u64 = redis::cmd(command)
             .arg(&key)

@@ -195,7 +195,13 @@ impl S3Connector {
         })
     }
 
-    pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    /// Deletes every object (every version, in a versioned bucket) under the subject's
+    /// prefixes; a `dry_run` counts them and deletes nothing.
+    pub(crate) async fn erase(
+        &self,
+        identities: &Identities,
+        dry_run: bool,
+    ) -> Result<TaskReport, TaskError> {
         let prefixes = self.prefixes(identities)?;
         // Boxed: the SDK's futures nested in the worker loop's overflow the compiler's layout
         // depth otherwise.
@@ -208,13 +214,19 @@ impl S3Connector {
             let mut deleted = 0u64;
             for prefix in prefixes {
                 let keys = self.entries(prefix, versioned, "listing objects").await?;
-                if !keys.is_empty() {
+                if !keys.is_empty() && !dry_run {
                     self.delete(&keys).await?;
                     to_verify.push((template, prefix));
                 }
                 deleted += keys.len() as u64;
             }
             counts.insert(template.clone(), deleted);
+        }
+        if dry_run {
+            return Ok(TaskReport {
+                counts,
+                ..TaskReport::default()
+            });
         }
         let mut left_by_template: BTreeMap<&String, u64> = BTreeMap::new();
         for (template, prefix) in to_verify {

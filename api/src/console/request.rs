@@ -164,6 +164,9 @@ pub async fn show(
     let body = html! {
         p { "Kind " strong #kind { (view.kind.as_str()) } " · identities " (view.identities.join(", "))
             " · received " (layout::when(view.received_at)) }
+        @if view.dry_run {
+            p #dry-run.status { strong { "Dry run" } ": the counts below are what this request would change; nothing was changed, and a restore never replays it." }
+        }
         p #deadline {
             "Legal deadline " (layout::when(view.due_at))
             @if open { " (" span class=(if view.overdue { "overdue" } else { "" }) { (layout::countdown(view.due_at, now)) } ")" }

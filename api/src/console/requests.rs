@@ -188,7 +188,7 @@ pub async fn list(
                     tr data-id=(r.id) {
                         td { a href={"/console/requests/" (r.id)} { code { (r.id) } } }
                         @if op.is_admin() { td { (tenant) } }
-                        td { (r.kind.as_str()) }
+                        td { (r.kind.as_str()) @if r.dry_run { " " span.muted.dry-run { "(dry run)" } } }
                         td { span class={"status " (r.status.as_str())} { (r.status.as_str()) } }
                         td { (layout::when(r.received_at)) }
                         td {

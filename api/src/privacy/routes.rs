@@ -330,6 +330,7 @@ async fn file(
         changes,
         reason: Some("filed through the privacy center".to_owned()),
         callback_url: None,
+        dry_run: false,
     };
     let valid = validate::validate(body, state.planner.map())?;
     let intake = Intake {

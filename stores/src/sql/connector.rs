@@ -150,10 +150,30 @@ impl<B: Backend> SqlConnector<B> {
         })
     }
 
+    /// Ends a task's transaction: commits it, or rolls it back for a dry run (whose counts
+    /// are then what the task would have changed).
+    async fn end(
+        &self,
+        session: B::Session,
+        dry_run: bool,
+        action: &'static str,
+    ) -> Result<(), TaskError> {
+        if dry_run {
+            session
+                .rollback()
+                .await
+                .during("rolling the dry run back", None)
+        } else {
+            session.commit().await.during(action, None)
+        }
+        .map_err(|f| self.task_error(f))
+    }
+
     pub(crate) async fn erase(
         &self,
         identities: &Identities,
         tenant: Option<&str>,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
@@ -161,11 +181,14 @@ impl<B: Backend> SqlConnector<B> {
         let (identities, counts) = erase_in(&mut session, &plan, identities, tenant, &self.hasher)
             .await
             .map_err(|f| self.task_error(f))?;
-        session
-            .commit()
-            .await
-            .during("committing the erasure", None)
-            .map_err(|f| self.task_error(f))?;
+        self.end(session, dry_run, "committing the erasure").await?;
+        if dry_run {
+            // Nothing changed: there is nothing to verify.
+            return Ok(TaskReport {
+                counts,
+                ..TaskReport::default()
+            });
+        }
 
         // Queried again after the commit, in a transaction of its own.
         let mut session = self.begin().await?;
@@ -198,6 +221,7 @@ impl<B: Backend> SqlConnector<B> {
         identities: &Identities,
         tenant: Option<&str>,
         changes: &BTreeMap<String, serde_json::Value>,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
@@ -205,11 +229,8 @@ impl<B: Backend> SqlConnector<B> {
         let counts = rectify_in(&mut session, &plan, identities, tenant, changes)
             .await
             .map_err(|f| self.task_error(f))?;
-        session
-            .commit()
-            .await
-            .during("committing the rectification", None)
-            .map_err(|f| self.task_error(f))?;
+        self.end(session, dry_run, "committing the rectification")
+            .await?;
         Ok(TaskReport {
             counts,
             ..TaskReport::default()
@@ -222,6 +243,7 @@ impl<B: Backend> SqlConnector<B> {
         tenant: Option<&str>,
         flag: Flag,
         value: bool,
+        dry_run: bool,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
@@ -229,11 +251,8 @@ impl<B: Backend> SqlConnector<B> {
         let counts = flag_in(&mut session, &plan, identities, tenant, flag, value)
             .await
             .map_err(|f| self.task_error(f))?;
-        session
-            .commit()
-            .await
-            .during("committing the flag change", None)
-            .map_err(|f| self.task_error(f))?;
+        self.end(session, dry_run, "committing the flag change")
+            .await?;
         Ok(TaskReport {
             counts,
             ..TaskReport::default()

@@ -60,6 +60,8 @@ pub(crate) trait Session: Send {
     ) -> futures::stream::BoxStream<'s, Result<String, sqlx::Error>>;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Rolls back (a dry run: every change counted, none kept).
+    fn rollback(self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 /// Implements [`Session`] for `$session`, a newtype over an open sqlx transaction, in a
@@ -118,6 +120,10 @@ macro_rules! impl_session {
 
             async fn commit(self) -> Result<(), sqlx::Error> {
                 self.0.commit().await
+            }
+
+            async fn rollback(self) -> Result<(), sqlx::Error> {
+                self.0.rollback().await
             }
         }
     };

@@ -13,6 +13,7 @@ mod console;
 mod contract;
 mod coordinator;
 mod daemons;
+mod datamap_tools;
 mod deployment;
 mod e2e;
 mod eraser;
