@@ -24,6 +24,7 @@ use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, Planner};
 use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
 use crate::settings::ApiSettings;
+use crate::tombstones::Tombstones;
 
 /// Applies results to the ledger.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ pub struct Coordinator {
     names: Names,
     outbox: OutboxSignal,
     export_ttl: Duration,
+    tombstones: Option<Tombstones>,
 }
 
 /// What applying one result did.
@@ -53,7 +55,14 @@ impl Coordinator {
             names,
             outbox,
             export_ttl: Duration::from_secs(7 * 24 * 3600),
+            tombstones: None,
         }
+    }
+
+    /// Writes a tombstone of every completed change (`api.tombstones`).
+    pub fn with_tombstones(mut self, tombstones: Option<Tombstones>) -> Self {
+        self.tombstones = tombstones;
+        self
     }
 
     /// How long an assembled export stays available (`api.export_ttl`; 7 days unless set).
@@ -385,6 +394,11 @@ impl Coordinator {
         request: &RequestRow,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
+        // Before the completion commits: a change is recorded completed only with its
+        // tombstone in the bucket (a failed write rolls back and the result comes again).
+        if let Some(tombstones) = &self.tombstones {
+            tombstones.write(request, now).await?;
+        }
         // Found: a resolve round found rows, or a task counted records (an export's `bytes`
         // are no records). A subject no store knows completes with `found = false`.
         let counted: bool = sqlx::query_scalar(

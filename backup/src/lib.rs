@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod daemon;
 pub mod keys;
+pub mod ledger;
 pub mod manifest;
 pub mod pipeline;
 pub mod restore;
