@@ -115,8 +115,9 @@ impl Tombstone {
 
     /// Reads a decrypted tombstone; the error never quotes its content.
     pub fn parse(plaintext: &[u8]) -> anyhow::Result<Self> {
-        let tombstone: Self = serde_json::from_slice(plaintext)
-            .map_err(|e| anyhow::anyhow!("not a tombstone (line {}, column {})", e.line(), e.column()))?;
+        let tombstone: Self = serde_json::from_slice(plaintext).map_err(|e| {
+            anyhow::anyhow!("not a tombstone (line {}, column {})", e.line(), e.column())
+        })?;
         if tombstone.format > FORMAT {
             anyhow::bail!(
                 "a tombstone of format {} (this version reads up to {FORMAT})",
@@ -154,8 +155,7 @@ mod tests {
             request_id: Uuid::now_v7(),
             tenant_id: Uuid::new_v4(),
             kind: Change::Rectification,
-            completed_at: DateTime::from_timestamp(1_780_000_000, 123_456_000)
-                .unwrap_or_default(),
+            completed_at: DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap_or_default(),
             identities: BTreeMap::from([("email".into(), vec!["a@example.org".into()])]),
             changes: BTreeMap::from([("first_name".into(), "Ada".into())]),
         };
