@@ -14,6 +14,7 @@ mod contract;
 mod coordinator;
 mod daemons;
 mod deployment;
+mod drill;
 mod e2e;
 mod eraser;
 mod exporter;
