@@ -591,7 +591,15 @@ pub async fn replay(
     target: &Target,
     decrypt: Option<&Decrypt>,
 ) -> anyhow::Result<ReplayReport> {
-    let (row, _) = load(ledger, id).await?;
+    // Only the backup's position and start are needed: its object is not read.
+    let catalogued = match &ledger.pool {
+        Some(pool) => catalog::get(pool, id).await?,
+        None => None,
+    };
+    let row = match catalogued {
+        Some(row) => row,
+        None => load(ledger, id).await?.0,
+    };
     let store = StoreName::parse(&row.store).map_err(anyhow::Error::msg)?;
     let map = load_map(&ledger.settings)?;
     let served = target_store(&ledger.settings, &map, &store, target)?;
