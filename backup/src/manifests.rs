@@ -69,7 +69,7 @@ pub async fn list(
         let manifest = read(s3, bucket, &key).await?;
         rows.push(row_of(&manifest, &key));
     }
-    rows.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.started_at));
     Ok(rows)
 }
 

@@ -168,7 +168,7 @@ impl Plan {
             }
         }
         let mut changes: Vec<Pending> = by_request.into_values().collect();
-        changes.sort_by(|a, b| (a.at, a.request_id).cmp(&(b.at, b.request_id)));
+        changes.sort_by_key(|c| (c.at, c.request_id));
         Ok(Self {
             after_seq: backup.erasure_seq,
             since,
