@@ -240,11 +240,9 @@ async fn assert_restored_like_live(
 /// Tombstone keys in Lethe's bucket.
 async fn tombstone_keys(deployment: &Deployment) -> Result<Vec<String>> {
     let client = deployment.ns().services().s3_client();
-    Ok(
-        lethe_common::s3::list_keys_under(&client, &deployment.bucket, "tombstones/")
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot list the tombstones: {e}"))?,
-    )
+    lethe_common::s3::list_keys_under(&client, &deployment.bucket, "tombstones/")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the tombstones: {e}"))
 }
 
 /// `gpg --decrypt` of `object` in the GnuPG home `gpg`: the plaintext, or `None` if it fails.
