@@ -25,6 +25,7 @@ use crate::plan::{Phase, Planner};
 use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
 use crate::settings::ApiSettings;
 use crate::tenants::TenantNames;
+use crate::tombstones::Tombstones;
 
 /// Applies results to the ledger.
 #[derive(Clone)]
@@ -35,6 +36,7 @@ pub struct Coordinator {
     outbox: OutboxSignal,
     export_ttl: Duration,
     tenants: TenantNames,
+    tombstones: Option<Tombstones>,
 }
 
 /// What applying one result did.
@@ -56,7 +58,14 @@ impl Coordinator {
             outbox,
             export_ttl: Duration::from_secs(7 * 24 * 3600),
             tenants: TenantNames::default(),
+            tombstones: None,
         }
+    }
+
+    /// Writes a tombstone of every completed change (`api.tombstones`).
+    pub fn with_tombstones(mut self, tombstones: Option<Tombstones>) -> Self {
+        self.tombstones = tombstones;
+        self
     }
 
     /// How long an assembled export stays available (`api.export_ttl`; 7 days unless set).
@@ -392,6 +401,13 @@ impl Coordinator {
         request: &RequestRow,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
+        // Before the completion commits: a change is recorded completed only with its
+        // tombstone in the bucket (a failed write rolls back and the result comes again).
+        // A dry run changed nothing, so a restore has nothing to replay.
+        if let Some(tombstones) = self.tombstones.as_ref().filter(|_| !request.dry_run) {
+            let tenant = self.tenants.get(&mut **tx, request.tenant_id).await?;
+            tombstones.write(request, &tenant, now).await?;
+        }
         // Found: a resolve round found rows, or a task counted records (an export's `bytes`
         // are no records). A subject no store knows completes with `found = false`.
         let counted: bool = sqlx::query_scalar(

@@ -21,6 +21,7 @@ pub mod requests;
 pub mod routes;
 pub mod settings;
 pub mod tenants;
+pub mod tombstones;
 pub mod validate;
 pub mod webhooks;
 
@@ -110,6 +111,7 @@ pub struct App {
     consumer: PullConsumer,
     listener: TcpListener,
     readiness: Readiness,
+    tombstones: Option<tombstones::Tombstones>,
 }
 
 impl App {
@@ -121,6 +123,7 @@ impl App {
             "api.receipt_signing_key is required (generate one: head -c 32 /dev/urandom | base64)",
         )?;
         let receipts = Arc::new(ReceiptSigner::from_seed(receipt_key)?);
+        let tombstones = tombstones::Tombstones::from_settings(settings, api.tombstones)?;
         let hasher = IdentityHasher::new(settings.require_privacy()?.hash_key.clone());
         let map = DataMap::load(&settings.data_map_path()?)?;
         let pool = ledger::connect_and_migrate(settings.require_ledger()?).await?;
@@ -176,6 +179,7 @@ impl App {
             consumer,
             listener,
             readiness,
+            tombstones,
         })
     }
 
@@ -200,7 +204,8 @@ impl App {
             self.state.names.clone(),
             self.state.outbox.clone(),
         )
-        .with_export_ttl(self.api.export_ttl);
+        .with_export_ttl(self.api.export_ttl)
+        .with_tombstones(self.tombstones.clone());
         let results =
             coordinator.results_loop(self.consumer, self.publisher.clone(), &self.nats, &self.api);
         let stop = background.clone();

@@ -60,6 +60,11 @@ pub struct ApiSettings {
     /// Where webhooks and callbacks may go (`[api.outbound]`).
     #[serde(default)]
     pub outbound: OutboundSettings,
+    /// Write a tombstone of every completed change to Lethe's bucket, encrypted to
+    /// `backups.recipients` (on by default: the api then refuses to start without a usable
+    /// recipient certificate).
+    #[serde(default = "ApiSettings::default_tombstones")]
+    pub tombstones: bool,
 }
 
 /// The outbound URL policy (`[api.outbound]`): webhook and callback URLs are `https` and reach
@@ -93,6 +98,9 @@ impl ApiSettings {
     fn default_webhook_timeout() -> Duration {
         Duration::from_secs(10)
     }
+    fn default_tombstones() -> bool {
+        true
+    }
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
@@ -116,6 +124,7 @@ impl Default for ApiSettings {
             pages: PagesSettings::default(),
             smtp: None,
             outbound: OutboundSettings::default(),
+            tombstones: Self::default_tombstones(),
         }
     }
 }

@@ -3,13 +3,17 @@
 pub mod catalog;
 pub mod daemon;
 pub mod keys;
+pub mod ledger;
 pub mod manifest;
+pub mod manifests;
 pub mod pipeline;
+pub mod replay;
 pub mod restore;
 pub mod runner;
 pub mod schedule;
 pub mod settings;
 pub mod source;
+pub mod tombstones;
 pub mod tools;
 pub mod upload;
 

@@ -36,9 +36,13 @@ enum Command {
     },
     /// List the backup catalog, newest first.
     List {
-        /// Only this store.
+        /// Only this store (`ledger`: the ledger's own backups).
         #[arg(long)]
         store: Option<String>,
+        /// Read the backups' manifests in the bucket instead of the ledger's catalog (when the
+        /// ledger is lost, to find its own backup).
+        #[arg(long)]
+        from_bucket: bool,
         /// At most this many backups.
         #[arg(long, default_value_t = 50)]
         limit: i64,
@@ -52,8 +56,11 @@ enum Command {
         #[command(flatten)]
         key: KeyArgs,
     },
-    /// Restore a backup into a target with the field's tool, then replay every erasure recorded
-    /// after the backup was taken, so no erased subject comes back.
+    /// Restore a backup into a target with the field's tool, then replay every change completed
+    /// after the backup was taken (the ledger's erasure records and the tombstones), so no
+    /// erased subject comes back and no correction is undone. Works without the ledger: the
+    /// backup is then found by its manifest and the changes in the tombstones. The ledger's own
+    /// backup (store `ledger`) is restored into an empty database, with nothing replayed.
     Restore {
         /// The backup's id (see `list`).
         #[arg(long)]
@@ -69,12 +76,15 @@ enum Command {
         #[arg(long)]
         no_replay: bool,
     },
-    /// Replay, against a target restored by other means, every erasure recorded after a
-    /// backup was taken.
+    /// Replay, against a target restored by other means, every change completed after a
+    /// backup was taken: the ledger's erasure records and, given the operator's key, the
+    /// tombstones.
     Replay {
         /// The backup's id.
         #[arg(long)]
         backup: Uuid,
+        #[command(flatten)]
+        key: KeyArgs,
         /// The restored server's URL (better: `env:VAR`), or `s3://bucket[/prefix/]`.
         #[arg(long)]
         target: String,
@@ -198,9 +208,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::List { store, limit }) => {
-            let ledger = Ledger::connect(&settings).await?;
-            let rows = lethe_backup::restore::list(&ledger, store.as_deref(), limit).await?;
+        Some(Command::List {
+            store,
+            limit,
+            from_bucket,
+        }) => {
+            let rows = if from_bucket {
+                let mut rows =
+                    lethe_backup::restore::list_bucket(&settings, store.as_deref()).await?;
+                rows.truncate(usize::try_from(limit).unwrap_or(0));
+                rows
+            } else {
+                let ledger = Ledger::connect(&settings).await?;
+                lethe_backup::restore::list(&ledger, store.as_deref(), limit).await?
+            };
             println!(
                 "{:<36}  {:<12}  {:<9}  {:<20}  {:>14}  {:<20}",
                 "id", "store", "status", "started_at", "bytes", "expires_at"
@@ -241,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let scratch = RedisScratch {
                 dir: scratch_dir.path().to_path_buf(),
             };
-            let ledger = Ledger::connect(&settings).await?;
+            let ledger = Ledger::for_restore(&settings).await?;
             let restored = lethe_backup::restore::restore(
                 &ledger,
                 backup,
@@ -256,16 +277,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if unreplayable > 0 {
                 anyhow::bail!(
                     "{unreplayable} erasure(s) recorded after backup {backup} could not be replayed \
-                     (their identities were minimised): the restored data may still hold those \
-                     subjects; do not put it in service"
+                     (their identities were minimised and no tombstone holds them): the restored \
+                     data may still hold those subjects; do not put it in service"
                 );
             }
             Ok(())
         }
-        Some(Command::Replay { backup, target }) => {
+        Some(Command::Replay {
+            backup,
+            key,
+            target,
+        }) => {
+            let decrypt = key.decrypt()?;
             let (target, settings) = parse_target(&target, settings)?;
-            let ledger = Ledger::connect(&settings).await?;
-            let replayed = lethe_backup::restore::replay(&ledger, backup, &target).await?;
+            let ledger = Ledger::for_restore(&settings).await?;
+            let replayed =
+                lethe_backup::restore::replay(&ledger, backup, &target, decrypt.as_ref()).await?;
             println!("{}", serde_json::to_string_pretty(&replayed)?);
             if !replayed.unreplayable.is_empty() {
                 anyhow::bail!(

@@ -10,7 +10,6 @@
 //! reaches `pg_restore` instead of the end, and kills it) and OpenPGP's integrity check passed
 //! (the decryptor holds its last plaintext back until then), so a damaged object is rolled back.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,13 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use aws_sdk_s3::Client;
-use chrono::{DateTime, Utc};
 use lethe_common::Settings;
 use lethe_common::datamap::{DataMap, Store};
-use lethe_common::ids::StoreName;
+use lethe_common::ids::{LEDGER_STORE, StoreName};
 use lethe_common::privacy::IdentityHasher;
 use lethe_common::s3::{ObjectWriter, WriterOptions};
-use lethe_stores::Connector;
 use lethe_stores::{self as stores, ServedStore, StoreConnection};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -39,8 +36,10 @@ use crate::catalog::{self, BackupRow};
 use crate::keys::SecretKeys;
 use crate::manifest::Manifest;
 use crate::pipeline::{self, Chunk, Decryption, is_stage_stopped};
+pub use crate::replay::{Plan, ReplayReport, Replayed, Unreplayable};
 use crate::settings::BackupTools;
 use crate::source::Kind;
+use crate::tombstones::Opener;
 use crate::tools;
 use crate::upload::{self, Downloaded};
 
@@ -49,19 +48,62 @@ const RESTORE_PART: u64 = 16 << 20;
 /// How long a restore waits for its Redis server to load the RDB.
 const REDIS_START_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The ledger and Lethe's bucket: what `list`, `verify`, `restore` and `replay` read.
+/// The ledger and Lethe's bucket: what `list`, `verify`, `restore` and `replay` read. A restore
+/// works without the ledger: backups are then found by their manifests in the bucket, and the
+/// changes to replay in the tombstones.
 pub struct Ledger {
     settings: Settings,
     tools: BackupTools,
-    pool: PgPool,
+    pool: Option<PgPool>,
     s3: Client,
     bucket: String,
+    prefix: String,
 }
 
 impl Ledger {
     /// Opens (and migrates) the ledger and reaches the bucket.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let pool = lethe_common::ledger::connect_and_migrate(settings.require_ledger()?).await?;
+        Self::with_pool(settings, Some(pool))
+    }
+
+    /// For a restore or a replay: opens the ledger if it is there, without migrating it (an
+    /// empty database may be the ledger's own restore target). A ledger that cannot be reached,
+    /// or holds no catalog, counts as gone: the restore then reads the bucket only.
+    pub async fn for_restore(settings: &Settings) -> anyhow::Result<Self> {
+        let pool = match settings.ledger.as_ref() {
+            Some(ledger) => match lethe_common::ledger::connect(ledger).await {
+                Ok(pool) => {
+                    let catalogued: Result<bool, sqlx::Error> = sqlx::query_scalar(
+                        "SELECT to_regclass('backup') IS NOT NULL AND to_regclass('erasure_log') IS NOT NULL",
+                    )
+                    .fetch_one(&pool)
+                    .await;
+                    match catalogued {
+                        Ok(true) => Some(pool),
+                        Ok(false) => {
+                            tracing::warn!(
+                                "the ledger holds no catalog; reading backups' manifests and tombstones from the bucket"
+                            );
+                            None
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot read the ledger; reading backups' manifests and tombstones from the bucket");
+                            None
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "the ledger cannot be reached; reading backups' manifests and tombstones from the bucket");
+                    None
+                }
+            },
+            None => None,
+        };
+        Self::with_pool(settings, pool)
+    }
+
+    fn with_pool(settings: &Settings, pool: Option<PgPool>) -> anyhow::Result<Self> {
         let s3_settings = settings.require_s3()?;
         let backups: crate::settings::BackupsSettings = settings.section()?;
         Ok(Self {
@@ -70,12 +112,19 @@ impl Ledger {
             pool,
             s3: lethe_common::s3::client(s3_settings),
             bucket: s3_settings.bucket.clone(),
+            prefix: backups.prefix,
         })
     }
 
-    /// The ledger's pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The ledger's pool, unless the ledger is gone.
+    pub fn pool(&self) -> Option<&PgPool> {
+        self.pool.as_ref()
+    }
+
+    fn require_pool(&self) -> anyhow::Result<&PgPool> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the ledger cannot be read"))
     }
 
     fn tools(&self) -> &BackupTools {
@@ -192,42 +241,6 @@ pub struct VerifyReport {
     pub plaintext_bytes: Option<u64>,
 }
 
-/// One erasure replayed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Replayed {
-    /// Position in the erasure records.
-    pub seq: i64,
-    /// The erasure request.
-    pub request_id: Uuid,
-    /// When it was recorded.
-    pub recorded_at: DateTime<Utc>,
-    /// Rows, keys or objects erased per collection in the restored target.
-    pub counts: BTreeMap<String, u64>,
-}
-
-/// An erasure that could not be replayed.
-#[derive(Debug, Clone, Serialize)]
-pub struct Unreplayable {
-    /// Position in the erasure records.
-    pub seq: i64,
-    /// The erasure request.
-    pub request_id: Uuid,
-    /// Why.
-    pub reason: String,
-}
-
-/// What a replay did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplayReport {
-    /// The erasure records replayed: those after this position.
-    pub after_seq: i64,
-    /// Every erasure replayed, in order.
-    pub replayed: Vec<Replayed>,
-    /// Erasures that could not be replayed (their identities were already minimised): the
-    /// restored data may still hold those subjects.
-    pub unreplayable: Vec<Unreplayable>,
-}
-
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
@@ -244,7 +257,7 @@ pub struct RestoreReport {
     /// Objects restored (S3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<u64>,
-    /// The erasures replayed afterwards; absent with `--no-replay`.
+    /// The changes replayed afterwards; absent with `--no-replay` and for the ledger.
     pub replay: Option<ReplayReport>,
 }
 
@@ -258,14 +271,38 @@ pub async fn list(
         .map(StoreName::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    Ok(catalog::list(&ledger.pool, store.as_ref(), limit).await?)
+    Ok(catalog::list(ledger.require_pool()?, store.as_ref(), limit).await?)
+}
+
+/// Lists the backups whose manifests are in the bucket, newest first, without the ledger.
+pub async fn list_bucket(
+    settings: &Settings,
+    store: Option<&str>,
+) -> anyhow::Result<Vec<BackupRow>> {
+    let s3_settings = settings.require_s3()?;
+    let backups: crate::settings::BackupsSettings = settings.section()?;
+    let s3 = lethe_common::s3::client(s3_settings);
+    crate::manifests::list(&s3, &s3_settings.bucket, &backups.prefix, store).await
 }
 
 /// The catalog row and the manifest of a completed backup, which must agree.
 async fn load(ledger: &Ledger, id: Uuid) -> anyhow::Result<(BackupRow, Manifest)> {
-    let row = catalog::get(&ledger.pool, id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("there is no backup {id} in the catalog"))?;
+    let row = match &ledger.pool {
+        Some(pool) => catalog::get(pool, id).await?,
+        None => None,
+    };
+    let Some(row) = row else {
+        // The ledger is gone, or older than the backup: its manifest is in the bucket.
+        let (key, manifest) =
+            crate::manifests::find(&ledger.s3, &ledger.bucket, &ledger.prefix, id)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "there is no backup {id}, neither in the catalog nor in the bucket"
+                    )
+                })?;
+        return Ok((crate::manifests::row_of(&manifest, &key), manifest));
+    };
     if row.status != "completed" {
         anyhow::bail!("backup {id} is {}, not completed", row.status);
     }
@@ -526,67 +563,48 @@ fn hasher(settings: &Settings) -> anyhow::Result<IdentityHasher> {
     ))
 }
 
-/// Replays, against `target`, every erasure recorded after backup `row` was taken.
-async fn replay_into(
+/// What a restore of `row` replays: the ledger's erasure records after it, and (given the
+/// operator's key) the tombstones since it.
+async fn replay_plan(
     ledger: &Ledger,
     row: &BackupRow,
-    target: &ServedStore,
-) -> anyhow::Result<ReplayReport> {
-    let connector = Connector::new(target, hasher(&ledger.settings)?)?;
-    let erasures = catalog::erasures_after(&ledger.pool, row.erasure_seq).await?;
-    let mut report = ReplayReport {
-        after_seq: row.erasure_seq,
-        ..ReplayReport::default()
-    };
-    for erasure in erasures {
-        let Some(identities) = erasure.identities else {
-            tracing::warn!(request.id = %erasure.request_id, erasure.seq = erasure.seq, "erasure cannot be replayed: its identities were minimised");
-            report.unreplayable.push(Unreplayable {
-                seq: erasure.seq,
-                request_id: erasure.request_id,
-                reason:
-                    "its identities were minimised; the subject may remain in the restored data"
-                        .into(),
-            });
-            continue;
-        };
-        let done = connector
-            .erase(&identities.0, Some(&erasure.tenant), false)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot replay erasure {} (seq {}) in store `{}`: {e}",
-                    erasure.request_id,
-                    erasure.seq,
-                    target.name
-                )
-            })?;
-        tracing::info!(
-            store = %target.name,
-            request.id = %erasure.request_id,
-            erasure.seq = erasure.seq,
-            erased = done.counts.values().sum::<u64>(),
-            "erasure replayed"
-        );
-        report.replayed.push(Replayed {
-            seq: erasure.seq,
-            request_id: erasure.request_id,
-            recorded_at: erasure.recorded_at,
-            counts: done.counts,
-        });
-    }
-    Ok(report)
+    decrypt: Option<&Decrypt>,
+) -> anyhow::Result<Plan> {
+    let mut opener = decrypt
+        .map(|d| Opener::new(d, ledger.tools().gpg.clone()))
+        .transpose()?;
+    Plan::read(
+        row,
+        ledger.pool.as_ref(),
+        &ledger.s3,
+        &ledger.bucket,
+        opener.as_mut(),
+    )
+    .await
 }
 
-/// Replays the erasures recorded after backup `id` against `target` (restored by other means).
-pub async fn replay(ledger: &Ledger, id: Uuid, target: &Target) -> anyhow::Result<ReplayReport> {
-    let row = catalog::get(&ledger.pool, id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("there is no backup {id} in the catalog"))?;
-    let map = load_map(&ledger.settings)?;
+/// Replays against `target` (restored by other means) every change completed after backup
+/// `id` was taken: the ledger's erasure records, and with the operator's key the tombstones.
+pub async fn replay(
+    ledger: &Ledger,
+    id: Uuid,
+    target: &Target,
+    decrypt: Option<&Decrypt>,
+) -> anyhow::Result<ReplayReport> {
+    // Only the backup's position and start are needed: its object is not read.
+    let catalogued = match &ledger.pool {
+        Some(pool) => catalog::get(pool, id).await?,
+        None => None,
+    };
+    let row = match catalogued {
+        Some(row) => row,
+        None => load(ledger, id).await?.0,
+    };
     let store = StoreName::parse(&row.store).map_err(anyhow::Error::msg)?;
+    let map = load_map(&ledger.settings)?;
     let served = target_store(&ledger.settings, &map, &store, target)?;
-    replay_into(ledger, &row, &served).await
+    let plan = replay_plan(ledger, &row, decrypt).await?;
+    plan.apply(&served, hasher(&ledger.settings)?).await
 }
 
 /// Restores backup `id` into `target` with the field's tool, then (with `replay`) replays
@@ -601,12 +619,25 @@ pub async fn restore(
 ) -> anyhow::Result<RestoreReport> {
     let (row, manifest) = load(ledger, id).await?;
     let map = load_map(&ledger.settings)?;
-    let store = StoreName::parse(&row.store).map_err(anyhow::Error::msg)?;
-    let entry = map
-        .stores
-        .get(&store)
-        .ok_or_else(|| anyhow::anyhow!("store `{store}` of backup {id} is not in the data map"))?;
-    let kind = Kind::of(entry);
+    // The ledger's own backup is restored like a PostgreSQL store's, and nothing is replayed
+    // into it.
+    let is_ledger = row.store == LEDGER_STORE;
+    let (store, kind) = if is_ledger {
+        (StoreName::ledger(), Kind::Postgres)
+    } else {
+        let store = StoreName::parse(&row.store).map_err(anyhow::Error::msg)?;
+        let entry = map.stores.get(&store).ok_or_else(|| {
+            anyhow::anyhow!("store `{store}` of backup {id} is not in the data map")
+        })?;
+        (store, Kind::of(entry))
+    };
+    // Read (and decrypt) what will be replayed before anything is restored: a tombstone that
+    // cannot be read stops the restore before it writes.
+    let plan = if replay && !is_ledger {
+        Some(replay_plan(ledger, &row, Some(decrypt)).await?)
+    } else {
+        None
+    };
     if kind.as_str() != manifest.kind {
         anyhow::bail!(
             "backup {id} is of a {} store but the data map describes `{store}` as {}",
@@ -660,7 +691,11 @@ pub async fn restore(
                 }
                 return Err(error);
             }
-            Some(target_store(&ledger.settings, &map, &store, target)?)
+            if is_ledger {
+                None
+            } else {
+                Some(target_store(&ledger.settings, &map, &store, target)?)
+            }
         }
         (Kind::Mysql, Target::Env(_)) => {
             let (invocation, database) = tools::mysql(&target.url(&ledger.settings)?)?;
@@ -746,26 +781,30 @@ pub async fn restore(
         duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
         "backup restored"
     );
-    let report = if !replay {
-        None
-    } else if let Some(served) = served {
-        Some(replay_into(ledger, &row, &served).await?)
-    } else if let Target::Dir(dir) = target {
-        let scratch = scratch.ok_or_else(|| {
-            anyhow::anyhow!("a Redis restore with replay needs a scratch directory for its server")
-        })?;
-        Some(
-            replay_redis(
-                ledger,
-                &row,
-                &map,
-                &store,
-                dir,
-                scratch,
-                &tools.redis_server,
+    let report = if let Some(plan) = &plan {
+        if let Some(served) = served {
+            Some(plan.apply(&served, hasher(&ledger.settings)?).await?)
+        } else if let Target::Dir(dir) = target {
+            let scratch = scratch.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "a Redis restore with replay needs a scratch directory for its server"
+                )
+            })?;
+            Some(
+                replay_redis(
+                    ledger,
+                    plan,
+                    &map,
+                    &store,
+                    dir,
+                    scratch,
+                    &tools.redis_server,
+                )
+                .await?,
             )
-            .await?,
-        )
+        } else {
+            None
+        }
     } else {
         None
     };
@@ -870,11 +909,11 @@ fn untar_into(
     }
 }
 
-/// Starts `redis-server` on the restored RDB (on a Unix socket only), replays the erasures
+/// Starts `redis-server` on the restored RDB (on a Unix socket only), replays the changes
 /// against it, saves the result back to `dir/dump.rdb` and stops it.
 async fn replay_redis(
     ledger: &Ledger,
-    row: &BackupRow,
+    plan: &Plan,
     map: &DataMap,
     store: &StoreName,
     dir: &Path,
@@ -952,7 +991,7 @@ async fn replay_redis(
         store,
         &Target::Env(SCRATCH_REDIS.to_owned()),
     )?;
-    let report = replay_into(ledger, row, &served).await;
+    let report = plan.apply(&served, hasher(&ledger.settings)?).await;
     let saved = redis::cmd("SAVE")
         .query_async::<String>(&mut connection)
         .await;

@@ -37,7 +37,8 @@ use crate::upload;
 pub struct Plan {
     /// The certificates every backup is encrypted to.
     pub recipients: Arc<Recipients>,
-    /// The stores this process backs up (`backup.stores`, or every store of the data map).
+    /// The stores this process backs up (`backup.stores`, or every store of the data map and
+    /// the ledger).
     pub stores: Vec<ServedStore>,
     /// When each is backed up.
     pub schedules: Schedules,
@@ -59,7 +60,14 @@ impl Plan {
             backups.seipd,
         )?);
         let map = DataMap::load(&settings.data_map_path()?)?;
-        let stores = stores::served(&map, &worker.stores, settings)?;
+        let mut stores = match crate::ledger::data_stores(&worker.stores) {
+            Some(named) if named.is_empty() => Vec::new(),
+            Some(named) => stores::served(&map, &named, settings)?,
+            None => stores::served(&map, &[], settings)?,
+        };
+        if crate::ledger::wanted(&worker.stores) {
+            stores.push(crate::ledger::served(settings)?);
+        }
         let names: Vec<StoreName> = stores.iter().map(|s| s.name.clone()).collect();
         let schedules =
             Schedules::from_settings(&backups.schedule, &names).map_err(anyhow::Error::msg)?;

@@ -7,17 +7,7 @@ use std::time::Duration;
 use lethe_common::config::{DEFAULT_BACKUPS_PREFIX, Section};
 use serde::Deserialize;
 
-/// The OpenPGP packet that carries a backup's encrypted data.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SeipdVersion {
-    /// SEIPDv1 (RFC 4880, with MDC): what GnuPG 2.2 and every other implementation reads.
-    #[default]
-    V1,
-    /// SEIPDv2 (RFC 9580, AEAD): needs an RFC 9580 implementation (Sequoia's `sq`, for one) to
-    /// decrypt; GnuPG 2.2 cannot.
-    V2,
-}
+pub use lethe_common::openpgp::SeipdVersion;
 
 /// A size in bytes, written as a whole number of bytes or with a binary unit (`8MiB`,
 /// `512 KiB`, `1GiB`).

@@ -3,43 +3,12 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
-use aws_sdk_s3::primitives::ByteStream;
-use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::pipeline::Chunk;
 
-/// Uploads a small object in one request.
-pub async fn put(client: &Client, bucket: &str, key: &str, body: Bytes) -> anyhow::Result<()> {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .content_length(body.len() as i64)
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot write {key}: {}", DisplayErrorContext(e)))?;
-    Ok(())
-}
-
-/// Reads a small object whole.
-pub async fn get_small(client: &Client, bucket: &str, key: &str) -> anyhow::Result<Bytes> {
-    let object = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read {key}: {}", DisplayErrorContext(e)))?;
-    Ok(object
-        .body
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?
-        .into_bytes())
-}
+pub use lethe_common::s3::{get_small, put};
 
 /// What a download saw.
 #[derive(Debug, Clone)]

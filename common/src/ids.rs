@@ -69,8 +69,12 @@ uuid_id!(
 #[serde(try_from = "String", into = "String")]
 pub struct StoreName(String);
 
-/// Names that a store may not take because they mean something else on the task subjects.
-const RESERVED_STORE_NAMES: &[&str] = &["assemble", "run", "all"];
+/// Names that a store may not take because they mean something else on the task subjects,
+/// or name Lethe's own data (its ledger, backed up as a store, and its tombstones).
+const RESERVED_STORE_NAMES: &[&str] = &["assemble", "run", "all", LEDGER_STORE, "tombstones"];
+
+/// The name under which the backup daemon backs up Lethe's own ledger, as if it were a store.
+pub const LEDGER_STORE: &str = "ledger";
 
 impl StoreName {
     /// Checks a store name.
@@ -93,6 +97,17 @@ impl StoreName {
             return Err(format!("store name `{name}` is reserved"));
         }
         Ok(Self(name.to_owned()))
+    }
+
+    /// The ledger's name among the stores backed up ([`LEDGER_STORE`], which no data-map store
+    /// may take).
+    pub fn ledger() -> Self {
+        Self(LEDGER_STORE.to_owned())
+    }
+
+    /// Whether this is the ledger.
+    pub fn is_ledger(&self) -> bool {
+        self.0 == LEDGER_STORE
     }
 
     /// The name as text.
@@ -138,6 +153,7 @@ mod tests {
         assert!(StoreName::parse("a.b").is_err());
         assert!(StoreName::parse("a*").is_err());
         assert!(StoreName::parse("assemble").is_err());
+        assert!(StoreName::parse("ledger").is_err());
         assert!(StoreName::parse("").is_err());
     }
 

@@ -92,6 +92,37 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), BucketEr
     }
 }
 
+/// Uploads a small object in one request.
+pub async fn put(client: &Client, bucket: &str, key: &str, body: Bytes) -> anyhow::Result<()> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_length(body.len() as i64)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot write {key}: {}", DisplayErrorContext(e)))?;
+    Ok(())
+}
+
+/// Reads a small object whole.
+pub async fn get_small(client: &Client, bucket: &str, key: &str) -> anyhow::Result<Bytes> {
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {key}: {}", DisplayErrorContext(e)))?;
+    Ok(object
+        .body
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?
+        .into_bytes())
+}
+
 /// Every key under `prefix`, page by page.
 pub async fn list_keys_under(
     client: &Client,

@@ -163,6 +163,21 @@ pub async fn oldest_backup(
     .await
 }
 
+/// When the oldest backup a restore could still use started: completed and not deleted, or
+/// running (a backup that reaches the bucket later), leaving out `excluded`.
+pub async fn oldest_held_backup(
+    pool: &PgPool,
+    excluded: &[Uuid],
+) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(started_at) FROM backup WHERE deleted_at IS NULL \
+         AND status IN ('completed', 'running') AND id <> ALL($1)",
+    )
+    .bind(excluded)
+    .fetch_one(pool)
+    .await
+}
+
 /// An export past its age.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ExpiredExport {

@@ -57,7 +57,8 @@ prefixes = ["avatars/{user_id}/"]
 pub const TEST_OUTBOUND: &str =
     "[api.outbound]\nallow_http = true\nallow_hosts = [\"127.0.0.1\"]\n";
 
-/// The configuration of a deployment in `ns`, with NATS at `nats_url`.
+/// The configuration of a deployment in `ns`, with NATS at `nats_url`. Its bucket is a name
+/// only, so tombstones are off (tests/tests/it/drill.rs has them on, in a whole deployment).
 pub fn settings_text(
     services: &Services,
     ns: &Namespace,
@@ -72,6 +73,7 @@ pub fn settings_text(
          [ledger]\nurl = {ledger_url:?}\n\
          [s3]\nendpoint = {endpoint:?}\nbucket = \"unused\"\naccess_key_id = {key:?}\nsecret_access_key = {secret:?}\n\
          [api]\nlisten = \"127.0.0.1:0\"\nreceipt_signing_key = \"dGVzdC1yZWNlaXB0LWtleS0wMTIzNDU2Nzg5YWJjZGU=\"\nkey_cache_ttl = \"0s\"\n\
+         tombstones = false\n\
          {TEST_OUTBOUND}",
         map = data_map.display().to_string(),
         prefix = ns.nats_prefix(),

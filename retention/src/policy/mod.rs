@@ -19,6 +19,7 @@ mod plan;
 mod publish;
 mod report;
 mod staging;
+mod tombstones;
 mod uploads;
 
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ pub use keys::{EXPORTS_PREFIX, STAGING_PREFIX};
 pub use plan::{LogStore, Plan};
 pub use report::{
     BackupItem, ExportItem, IdentitiesSection, IdentityItem, LogItem, Mode, Outcome, Report,
-    Section, StagingItem, UploadItem, UploadsSection,
+    Section, StagingItem, TombstoneItem, UploadItem, UploadsSection,
 };
 
 /// The retention runner: the policies, the ledger, the bucket, the log stores.
@@ -144,6 +145,7 @@ impl Retention {
         let uploads = self.uploads(now, dry).await;
         let logs = self.logs(now, dry).await;
         let identities = self.identities(now, dry, &would_delete).await;
+        let tombstones = self.tombstones(now, dry, &would_delete).await;
         if let Some(lock) = lock {
             lock.release().await;
         }
@@ -156,6 +158,7 @@ impl Retention {
             uploads,
             logs,
             identities,
+            tombstones,
             duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
         };
         self.publish(&report).await;

@@ -24,6 +24,7 @@ impl Retention {
             uploads_aborted = report.uploads.section.deleted,
             log_rows_deleted = report.log_rows(),
             identities_minimised = report.identities.section.deleted,
+            tombstones_deleted = report.tombstones.deleted,
             oldest_backup_age_s = age(report.backups.oldest_left).unwrap_or(0.0) as u64,
             oldest_export_age_s = age(report.exports.oldest_left).unwrap_or(0.0) as u64,
             oldest_staging_age_s = age(report.staging.oldest_left).unwrap_or(0.0) as u64,
@@ -74,6 +75,12 @@ impl Retention {
                 0,
                 report.identities.section.oldest_left,
             ),
+            (
+                "tombstones",
+                report.tombstones.deleted,
+                report.tombstones.bytes,
+                report.tombstones.oldest_left,
+            ),
         ] {
             metrics::counter!("lethe_retention_deleted_total", "target" => target)
                 .increment(deleted);
@@ -109,6 +116,7 @@ impl Retention {
                 "identities_minimised".to_owned(),
                 report.identities.section.deleted,
             ),
+            ("tombstones_deleted".to_owned(), report.tombstones.deleted),
             (
                 "oldest_backup_age_seconds".to_owned(),
                 age(report.backups.oldest_left).unwrap_or(0.0) as u64,

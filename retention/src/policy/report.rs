@@ -161,6 +161,15 @@ pub struct IdentitiesSection {
     pub replay_window: Option<i64>,
 }
 
+/// A tombstone deleted (its key names the request and the time, never the subject).
+#[derive(Debug, Clone, Serialize)]
+pub struct TombstoneItem {
+    /// The request it records.
+    pub request_id: Uuid,
+    /// When the request completed.
+    pub completed_at: DateTime<Utc>,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -180,6 +189,8 @@ pub struct Report {
     pub logs: Vec<LogItem>,
     /// Identities in the ledger.
     pub identities: IdentitiesSection,
+    /// Tombstones no backup needs any more.
+    pub tombstones: Section<TombstoneItem>,
     /// How long the run took.
     pub duration_ms: u64,
 }
@@ -192,6 +203,7 @@ impl Report {
             + self.staging.errors.len()
             + self.uploads.section.errors.len()
             + self.identities.section.errors.len()
+            + self.tombstones.errors.len()
             + self.logs.iter().filter(|l| l.error.is_some()).count()
     }
 
@@ -208,5 +220,6 @@ impl Report {
             && self.uploads.section.deleted == 0
             && self.log_rows() == 0
             && self.identities.section.deleted == 0
+            && self.tombstones.deleted == 0
     }
 }

@@ -23,7 +23,6 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 const SEED: u64 = 23;
-const STORES: [&str; 4] = ["accounts", "chat", "files", "sessions"];
 
 /// The JSON lines a command printed.
 fn json_lines(output: &Output) -> Vec<serde_json::Value> {
@@ -150,7 +149,8 @@ async fn every_sample_store_lands_in_s3_encrypted_with_a_manifest_and_a_catalog_
         .iter()
         .map(|s| s["store"].as_str().unwrap())
         .collect();
-    assert_eq!(stores, STORES);
+    // The data map's stores, and the ledger backed up as one.
+    assert_eq!(stores, ["accounts", "chat", "files", "ledger", "sessions"]);
 
     let ns = bed.bed.ns();
     let hand = bed.dir().join("by-hand");
@@ -202,7 +202,7 @@ async fn every_sample_store_lands_in_s3_encrypted_with_a_manifest_and_a_catalog_
         assert!(manifest["finished_at"].is_string());
         let tool = manifest["tool_version"].as_str().unwrap();
         let expected_tool = match store {
-            "accounts" => "pg_dump",
+            "accounts" | "ledger" => "pg_dump",
             "chat" => "mariadb-dump",
             "sessions" => "redis-cli",
             _ => "lethe-backup",
@@ -252,6 +252,19 @@ async fn every_sample_store_lands_in_s3_encrypted_with_a_manifest_and_a_catalog_
     run(pg_restore
         .args(["--exit-on-error", "--no-owner", "--no-privileges"])
         .arg(hand.join("accounts.dump")));
+    let ledger_url = ns.pg_database("by_hand_ledger").await.unwrap();
+    let (mut pg_restore, _) = tool("pg_restore", &ledger_url, false);
+    run(pg_restore
+        .args(["--exit-on-error", "--no-owner", "--no-privileges"])
+        .arg(hand.join("ledger.dump")));
+    let restored_ledger = sqlx::PgPool::connect(&ledger_url).await.unwrap();
+    let catalogued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM backup WHERE store = 'accounts'")
+            .fetch_one(&restored_ledger)
+            .await
+            .unwrap();
+    assert_eq!(catalogued, 1, "the ledger's backup holds its catalog");
+    restored_ledger.close().await;
     let chat_url = ns.mysql_database("by_hand_chat").await.unwrap();
     let (mut mariadb, database) = tool("mariadb", &chat_url, true);
     run(mariadb

@@ -217,3 +217,49 @@ async fn a_backup_ceiling_over_7_days_without_a_stated_reason_is_refused_at_star
     assert_clear_failure(&output, &["`ledger`", "missing"]);
     ns.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_api_refuses_to_start_without_a_usable_tombstone_recipient_unless_tombstones_are_off() {
+    let services = Services::from_env();
+    let ns = Namespace::create(&services).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::settings_toml(&services, &ns, None, None, None);
+    let recipients = text
+        .lines()
+        .find(|l| l.starts_with("recipients = "))
+        .unwrap()
+        .to_owned();
+    let garbage = support::write_temp(&dir, "ops.asc", "not a certificate\n");
+    for (recipients_line, expected) in [
+        (
+            "recipients = []".to_owned(),
+            "no backup recipient is configured",
+        ),
+        (
+            format!("recipients = [{:?}]", garbage.display().to_string()),
+            "not an OpenPGP certificate",
+        ),
+    ] {
+        let config = support::write_temp(
+            &dir,
+            "lethe.toml",
+            &text.replace(&recipients, &recipients_line),
+        );
+        let output = support::run_binary("lethe-api", &["--config", config.to_str().unwrap()], &[]);
+        assert_clear_failure(&output, &["api.tombstones", "backups.recipients", expected]);
+    }
+    // Off, the api gets past the recipients (and stops later, at the ledger it is not given).
+    let config = support::write_temp(
+        &dir,
+        "lethe.toml",
+        &text.replace(&recipients, "recipients = []"),
+    );
+    let output = support::run_binary(
+        "lethe-api",
+        &["--config", config.to_str().unwrap()],
+        &[("LETHE__API__TOMBSTONES", "false")],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("backups.recipients"), "{stderr}");
+    ns.cleanup().await.unwrap();
+}

@@ -502,6 +502,8 @@ impl Deployment {
                 "dGVzdC1yZWNlaXB0LWtleS0wMTIzNDU2Nzg5YWJjZGU=",
             )
             .set("api.key_cache_ttl", "0s")
+            // Exports change nothing: no tombstone to write, no recipient configured.
+            .set("api.tombstones", false)
             .set("api.export_link_ttl", link_ttl)
             .set("eraser.listen", "127.0.0.1:0");
         let api = lethe_api::App::build(&settings).await?;

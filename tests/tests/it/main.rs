@@ -15,6 +15,7 @@ mod coordinator;
 mod daemons;
 mod datamap_tools;
 mod deployment;
+mod drill;
 mod e2e;
 mod eraser;
 mod exporter;

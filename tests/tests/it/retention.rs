@@ -800,12 +800,13 @@ async fn identities_are_minimised_once_no_usable_backup_predates_the_erasure_and
         &replay_ledger,
         new_backup,
         &lethe_backup::Target::Env(target.clone()),
+        None,
     )
     .await
     .unwrap();
     assert!(replayed.unreplayable.is_empty(), "{replayed:?}");
     assert_eq!(replayed.replayed.len(), 1);
-    assert_eq!(replayed.replayed[0].seq, late_seq);
+    assert_eq!(replayed.replayed[0].seq, Some(late_seq));
     assert!(
         replayed.replayed[0].counts.values().sum::<u64>() > 0,
         "{replayed:?}"
@@ -816,18 +817,21 @@ async fn identities_are_minimised_once_no_usable_backup_predates_the_erasure_and
         &replay_ledger,
         old_backup,
         &lethe_backup::Target::Env(target),
+        None,
     )
     .await
     .unwrap();
     assert_eq!(stale.unreplayable.len(), 1);
-    assert_eq!(stale.unreplayable[0].seq, early_seq);
+    assert_eq!(stale.unreplayable[0].seq, Some(early_seq));
 
     // Nothing more the second time.
     let again = completed(retention.run(now, Mode::Delete).await.unwrap());
     assert_eq!(again.identities.section.deleted, 0);
     assert_eq!(again.backups.deleted, 0);
 
-    replay_ledger.pool().close().await;
+    if let Some(pool) = replay_ledger.pool() {
+        pool.close().await;
+    }
     retention.pool().close().await;
     bed.cleanup().await.unwrap();
 }
@@ -981,4 +985,88 @@ async fn the_daemon_runs_on_its_schedule_first_at_start_up() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     bed.cleanup().await;
+}
+
+/// A tombstone object completed `age` ago (its content does not matter to retention).
+async fn tombstone(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    now: DateTime<Utc>,
+    age: chrono::Duration,
+) -> String {
+    let key = format!(
+        "tombstones/{}-{}.json.gpg",
+        (now - age).format("%Y%m%dT%H%M%S%.6fZ"),
+        Uuid::now_v7()
+    );
+    put(s3, bucket, &key).await;
+    key
+}
+
+#[tokio::test]
+async fn tombstones_go_once_no_backup_in_the_catalog_or_the_bucket_predates_them_and_recent_ones_stay()
+ {
+    let services = Services::from_env();
+    let mut bed = BackupBed::create(&services).await.unwrap();
+    let text = format!(
+        "{}\n[retention]\nlisten = \"127.0.0.1:0\"\nschedule = \"off\"\n",
+        bed.settings_text(r#"schedule = { default = "off" }"#)
+    );
+    bed.write_config(&text).unwrap();
+    let settings = bed.settings().unwrap();
+    let now = now();
+    let s3 = services.s3_client();
+    let hours = chrono::Duration::hours;
+    // A catalogued backup two days old, and one four days old whose catalog row is gone (a
+    // ledger restored from an older backup): only its manifest in the bucket tells of it.
+    backup(&bed.ledger, &s3, &bed.bucket, "accounts", now, 2, 0).await;
+    let started = now - hours(4 * 24);
+    let uncatalogued = format!(
+        "backups/chat/{}-{}.manifest.json",
+        started.format("%Y%m%dT%H%M%SZ"),
+        Uuid::new_v4()
+    );
+    put(&s3, &bed.bucket, &uncatalogued).await;
+    let six_days = tombstone(&s3, &bed.bucket, now, hours(6 * 24)).await;
+    let three_days = tombstone(&s3, &bed.bucket, now, hours(3 * 24)).await;
+    let one_day = tombstone(&s3, &bed.bucket, now, hours(24)).await;
+    let recent = tombstone(&s3, &bed.bucket, now, chrono::Duration::minutes(10)).await;
+
+    let retention = Retention::connect(&settings).await.unwrap();
+    let dry = completed(retention.run(now, Mode::DryRun).await.unwrap());
+    assert_eq!(dry.tombstones.deleted, 1, "{:?}", dry.tombstones);
+    assert!(exists(&s3, &bed.bucket, &six_days).await);
+
+    let report = completed(retention.run(now, Mode::Delete).await.unwrap());
+    assert_eq!(report.tombstones.deleted, 1, "{:?}", report.tombstones);
+    assert!(
+        report.tombstones.errors.is_empty(),
+        "{:?}",
+        report.tombstones
+    );
+    assert!(!exists(&s3, &bed.bucket, &six_days).await);
+    assert!(exists(&s3, &bed.bucket, &three_days).await);
+
+    // The four-day-old backup gone, the three-day-old tombstone is needed by no backup.
+    s3.delete_object()
+        .bucket(&bed.bucket)
+        .key(&uncatalogued)
+        .send()
+        .await
+        .unwrap();
+    let report = completed(retention.run(now, Mode::Delete).await.unwrap());
+    assert_eq!(report.tombstones.deleted, 1, "{:?}", report.tombstones);
+    assert!(!exists(&s3, &bed.bucket, &three_days).await);
+    for kept in [&one_day, &recent] {
+        assert!(exists(&s3, &bed.bucket, kept).await, "{kept}");
+    }
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_event WHERE kind = 'retention.tombstones_deleted'",
+    )
+    .fetch_one(&bed.ledger)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 2);
+    retention.pool().close().await;
+    bed.cleanup().await.unwrap();
 }
