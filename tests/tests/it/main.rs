@@ -8,6 +8,7 @@ mod api;
 mod backup;
 mod chaos;
 mod closure;
+mod cluster;
 mod config_errors;
 mod console;
 mod contract;
