@@ -4,6 +4,7 @@
 // A test's helpers fail the test by panicking, like its assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anchors;
 mod api;
 mod backup;
 mod chaos;
