@@ -2,6 +2,7 @@
 //! gives each a place in the chain (`chain_pos`) and a hash over the previous event's hash and
 //! its own content, so changing or removing a sealed event breaks every hash after it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -53,6 +54,17 @@ fn event_hash(prev: &[u8], chain_pos: i64, event: &EventRow) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
+/// The last sealed event's place in the chain and hash, if any is sealed.
+pub async fn head<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+) -> sqlx::Result<Option<(i64, Vec<u8>)>> {
+    sqlx::query_as(
+        "SELECT chain_pos, hash FROM audit_event WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1",
+    )
+    .fetch_optional(executor)
+    .await
+}
+
 /// Chains every unsealed event; returns how many it sealed.
 pub async fn seal(pool: &PgPool) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
@@ -63,11 +75,7 @@ pub async fn seal(pool: &PgPool) -> sqlx::Result<usize> {
     if !locked {
         return Ok(0);
     }
-    let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT chain_pos, hash FROM audit_event WHERE chain_pos IS NOT NULL ORDER BY chain_pos DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let last = head(&mut *tx).await?;
     let (mut position, mut prev) = last.unwrap_or((0, vec![0u8; 32]));
     let events: Vec<EventRow> = sqlx::query_as(
         "SELECT seq, tenant_id, request_id, kind, detail, at, chain_pos, prev_hash, hash
@@ -131,6 +139,16 @@ pub enum Verification {
         /// Events not sealed yet.
         unsealed: u64,
     },
+    /// The chain ends before a position a signed checkpoint states: events were removed
+    /// from its end.
+    Cut {
+        /// The last position the chain holds (0: none).
+        ends_at: i64,
+        /// The position the checkpoint states.
+        anchored: i64,
+        /// When the checkpoint was made.
+        anchored_at: DateTime<Utc>,
+    },
     /// The first event whose link does not hold.
     Broken {
         /// Its place in the chain.
@@ -142,8 +160,28 @@ pub enum Verification {
     },
 }
 
+/// What a signed checkpoint states of the chain: the hash at one position, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The head's hash at that position.
+    pub hash: Vec<u8>,
+    /// When the checkpoint was made.
+    pub at: DateTime<Utc>,
+}
+
 /// Recomputes the chain from its start and reports the first broken link.
 pub async fn verify(pool: &PgPool) -> sqlx::Result<Verification> {
+    verify_against(pool, &BTreeMap::new()).await
+}
+
+/// [`verify`], and the chain must also hold, at each position of `anchors`, the hash a signed
+/// checkpoint states (a chain rewritten with consistent hashes does not), and reach the last
+/// of them (a chain whose end was cut does not). Anchors are trusted as given: check their
+/// signatures first.
+pub async fn verify_against(
+    pool: &PgPool,
+    anchors: &BTreeMap<i64, Anchor>,
+) -> sqlx::Result<Verification> {
     let mut prev = vec![0u8; 32];
     let mut expected = 0i64;
     let mut checked = 0u64;
@@ -176,9 +214,27 @@ pub async fn verify(pool: &PgPool) -> sqlx::Result<Verification> {
             if event.hash.as_deref() != Some(hash.as_slice()) {
                 return Ok(broken("its content does not match its hash"));
             }
+            if let Some(anchor) = anchors.get(&position)
+                && anchor.hash != hash
+            {
+                return Ok(broken(&format!(
+                    "its hash is not the one the signed checkpoint of {} states for this position: \
+                     the chain was rewritten up to here",
+                    anchor.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
             prev = hash;
             checked += 1;
         }
+    }
+    if let Some((&anchored, anchor)) = anchors.last_key_value()
+        && anchored > expected
+    {
+        return Ok(Verification::Cut {
+            ends_at: expected,
+            anchored,
+            anchored_at: anchor.at,
+        });
     }
     let unsealed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_event WHERE chain_pos IS NULL")

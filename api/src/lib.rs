@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod anchors;
 pub mod audit;
 pub mod closure;
 pub mod console;
@@ -224,6 +225,27 @@ impl App {
             self.state.pool.clone(),
             background.clone(),
         ));
+        // Audit anchors: signed checkpoints on the events stream, periodically and on request
+        // (the backup daemon asks for one with each backup).
+        tasks.spawn(anchors::run_periodic(
+            self.state.pool.clone(),
+            self.state.receipts.clone(),
+            self.publisher.clone(),
+            self.api.audit_checkpoint_interval,
+            background.clone(),
+        ));
+        let answering = anchors::answer_requests(
+            self.publisher.jetstream().client(),
+            &self.state.names,
+            self.state.pool.clone(),
+            self.state.receipts.clone(),
+            self.publisher.clone(),
+            background.clone(),
+        )
+        .await?;
+        tasks.spawn(async move {
+            answering.await.ok();
+        });
         let outbound =
             webhooks::Outbound::new(self.state.outbound.clone(), self.api.webhook_timeout);
         tasks.spawn(webhooks::run(

@@ -1,11 +1,13 @@
 //! `lethe-api`: the HTTP API and coordinator, and the administration of tenants and keys.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lethe_api::audit::Verification;
+use lethe_api::anchors;
 use lethe_api::keys::{self, Scope};
+use lethe_api::receipt::ReceiptSigner;
 use lethe_common::cli::{ConfigArg, report};
 use lethe_common::{ledger, shutdown};
 
@@ -62,8 +64,29 @@ enum TenantsCommand {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Seal pending events, then recompute the whole hash chain and report the first broken
-    /// link (exit status 1 when the chain is broken).
-    Verify,
+    /// link; given signed checkpoints (audit anchors), also report a chain rewritten from its
+    /// first event or cut at its end (exit status 1 when anything does not hold).
+    Verify {
+        /// A file of signed checkpoints (repeatable): one checkpoint, an `audit.checkpoint`
+        /// event, a backup manifest, an array of these, or one per line (as `audit checkpoint`
+        /// prints them).
+        #[arg(long = "checkpoints", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// Also check against the latest checkpoint on the events stream.
+        #[arg(long)]
+        from_events: bool,
+        /// Also check against the checkpoint in every backup manifest in Lethe's bucket.
+        #[arg(long)]
+        from_backups: bool,
+        /// The receipt key's public half (PEM, as `GET /v1/receipt-key` gives it in
+        /// `public_key_pem`) to check the checkpoints' signatures with; by default the public
+        /// half of `api.receipt_signing_key`.
+        #[arg(long, value_name = "PEM")]
+        public_key: Option<PathBuf>,
+    },
+    /// Make a signed checkpoint of the chain's head now, publish it on the events stream and
+    /// print it (one JSON line: append it to a file kept away from the ledger).
+    Checkpoint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +114,16 @@ enum KeysCommand {
     },
 }
 
+/// The receipt signer of `[api]`, which also signs audit checkpoints.
+fn receipt_signer(settings: &lethe_common::Settings) -> anyhow::Result<ReceiptSigner> {
+    let api: lethe_api::settings::ApiSettings = settings.section()?;
+    let seed = api
+        .receipt_signing_key
+        .as_ref()
+        .context("api.receipt_signing_key is required to sign and check audit checkpoints")?;
+    Ok(ReceiptSigner::from_seed(seed)?)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let code = report(run(Cli::parse()).await);
@@ -107,32 +140,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lethe_api::App::build(&settings).await?.run(shutdown).await
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command:
+                AuditCommand::Verify {
+                    checkpoints,
+                    from_events,
+                    from_backups,
+                    public_key,
+                },
         } => {
+            let key = match &public_key {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    anchors::VerifyingKey::from_pem(&text)
+                        .map_err(|why| anyhow::anyhow!("--public-key {}: {why}", path.display()))?
+                }
+                None => anchors::VerifyingKey::of(&receipt_signer(&settings)?),
+            };
+            let mut found = Vec::new();
+            for path in &checkpoints {
+                found.extend(anchors::from_file(path)?);
+            }
+            if from_events {
+                found.extend(anchors::from_events(&settings).await?);
+            }
+            if from_backups {
+                found.extend(anchors::from_backups(&settings).await?);
+            }
+            let asked = !checkpoints.is_empty() || from_events || from_backups;
+            anyhow::ensure!(
+                !asked || !found.is_empty(),
+                "no audit checkpoint found where asked (--from-events, --from-backups)"
+            );
+            if !asked {
+                eprintln!(
+                    "note: no checkpoints given (--checkpoints, --from-events, --from-backups): \
+                     a chain rewritten from its first event or cut at its end goes unnoticed"
+                );
+            }
             let pool = ledger::connect_and_migrate(settings.require_ledger()?).await?;
-            while lethe_api::audit::seal(&pool)
-                .await
-                .context("while sealing")?
-                > 0
-            {}
-            match lethe_api::audit::verify(&pool)
+            match anchors::verify_chain(&pool, &key, &found)
                 .await
                 .context("while verifying")?
             {
-                Verification::Intact { sealed, unsealed } => {
+                anchors::Report::Intact {
+                    sealed,
+                    unsealed,
+                    checkpoints,
+                    latest,
+                } => {
+                    let anchored = match latest {
+                        Some((position, at)) => format!(
+                            "; agrees with {checkpoints} signed checkpoint(s), the latest at position {position} ({at})"
+                        ),
+                        None => String::new(),
+                    };
                     println!(
-                        "audit chain intact: {sealed} events checked, {unsealed} not yet sealed"
+                        "audit chain intact: {sealed} events checked, {unsealed} not yet sealed{anchored}"
                     );
                     Ok(())
                 }
-                Verification::Broken {
-                    chain_pos,
-                    seq,
-                    problem,
-                } => anyhow::bail!(
-                    "audit chain broken at chain position {chain_pos} (event seq {seq}): {problem}"
-                ),
+                anchors::Report::Tampered(what) => anyhow::bail!("{what}"),
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Checkpoint,
+        } => {
+            let signer = receipt_signer(&settings)?;
+            let pool = ledger::connect_and_migrate(settings.require_ledger()?).await?;
+            let names = lethe_common::nats::Names::new(&settings.nats.prefix)?;
+            let client = lethe_common::nats::connect(&settings.nats, "lethe-api-audit").await?;
+            let publisher = lethe_common::nats::Publisher::new(client, names);
+            let checkpoint = anchors::make_and_publish(&pool, &signer, &publisher)
+                .await?
+                .context("the audit chain has no sealed event yet")?;
+            println!("{}", serde_json::to_string(&checkpoint)?);
+            Ok(())
         }
         Command::Tenants {
             command: TenantsCommand::WebhookSecret { tenant },

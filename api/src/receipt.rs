@@ -27,9 +27,14 @@ use crate::closure::Closure;
 use crate::requests::{RequestRow, TaskRow};
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key bytes follow.
-const SPKI_PREFIX: [u8; 12] = [
+pub(crate) const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
+
+/// The id of a raw Ed25519 public key: the first 8 bytes of its SHA-256, hex.
+pub(crate) fn key_id_of(public_key: &[u8]) -> String {
+    hex::encode(&Sha256::digest(public_key)[..8])
+}
 
 /// Signs receipts.
 pub struct ReceiptSigner {
@@ -86,7 +91,7 @@ impl ReceiptSigner {
             .decode(seed.expose_secret().trim())
             .map_err(|_| BadKey)?;
         let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| BadKey)?;
-        let key_id = hex::encode(&Sha256::digest(pair.public_key().as_ref())[..8]);
+        let key_id = key_id_of(pair.public_key().as_ref());
         Ok(Self { pair, key_id })
     }
 
@@ -101,6 +106,21 @@ impl ReceiptSigner {
             algorithm: "Ed25519",
             key_id: self.key_id.clone(),
         })
+    }
+
+    /// Signs `bytes` as they are (audit checkpoints); the signature, base64.
+    pub fn sign_bytes(&self, bytes: &[u8]) -> String {
+        STANDARD.encode(self.pair.sign(bytes).as_ref())
+    }
+
+    /// The key's id.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The raw 32-byte public key.
+    pub fn raw_public_key(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
     }
 
     /// The public key.

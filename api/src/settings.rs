@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lethe_common::config::{Section, default_drain_timeout};
+use lethe_common::config::{ConfigError, Section, default_drain_timeout};
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
@@ -51,6 +51,13 @@ pub struct ApiSettings {
     /// `expires_at`); retention deletes it afterwards.
     #[serde(default = "ApiSettings::default_export_ttl", with = "humantime_serde")]
     pub export_ttl: Duration,
+    /// How often the api publishes a signed checkpoint of the audit chain's head on the
+    /// events stream (audit anchors; one is also made with every backup).
+    #[serde(
+        default = "ApiSettings::default_audit_checkpoint_interval",
+        with = "humantime_serde"
+    )]
+    pub audit_checkpoint_interval: Duration,
     /// The operator console and the privacy center (`[api.pages]`).
     #[serde(default)]
     pub pages: PagesSettings,
@@ -89,6 +96,9 @@ impl ApiSettings {
     fn default_export_ttl() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
     }
+    fn default_audit_checkpoint_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
     fn default_key_cache_ttl() -> Duration {
         Duration::from_secs(10)
     }
@@ -121,6 +131,7 @@ impl Default for ApiSettings {
             webhook_timeout: Self::default_webhook_timeout(),
             export_link_ttl: Self::default_export_link_ttl(),
             export_ttl: Self::default_export_ttl(),
+            audit_checkpoint_interval: Self::default_audit_checkpoint_interval(),
             pages: PagesSettings::default(),
             smtp: None,
             outbound: OutboundSettings::default(),
@@ -134,6 +145,15 @@ impl Section for ApiSettings {
 
     fn absent() -> Self {
         Self::default()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.audit_checkpoint_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "api.audit_checkpoint_interval: must be at least 1s".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

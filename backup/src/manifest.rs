@@ -54,4 +54,9 @@ pub struct Manifest {
     pub expires_at: DateTime<Utc>,
     /// Parts of the multipart upload.
     pub parts: usize,
+    /// The audit chain's latest signed checkpoint when the backup was made (audit anchors:
+    /// `lethe-api audit verify --from-backups` checks the chain against it); `null` when none
+    /// could be had (no api answered and none was published yet).
+    #[serde(default)]
+    pub audit_checkpoint: Option<lethe_common::anchors::Checkpoint>,
 }

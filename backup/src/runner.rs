@@ -199,11 +199,23 @@ impl Backups {
     }
 
     /// Checks the configuration, then opens (and migrates) the ledger and checks the bucket.
+    /// NATS is optional here (the one-shot `run`): when it answers, backups publish their
+    /// events and carry an audit checkpoint; when it does not, they are made without.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let plan = Plan::load(settings)?;
         let (pool, s3) = lethe_common::daemon::open_ledger_and_bucket(settings).await?;
         let bucket = settings.require_s3()?.bucket.clone();
-        Ok(Self::new(plan, pool, s3, bucket, None))
+        let events = match lethe_common::nats::connect(&settings.nats, "lethe-backup-run").await {
+            Ok(client) => Some(Publisher::new(
+                client,
+                lethe_common::nats::Names::new(&settings.nats.prefix)?,
+            )),
+            Err(error) => {
+                tracing::warn!(error = %error, "NATS unreachable: backups are made without events and without an audit checkpoint");
+                None
+            }
+        };
+        Ok(Self::new(plan, pool, s3, bucket, events))
     }
 
     /// The stores backed up, in name order.
@@ -499,6 +511,7 @@ impl Backups {
             erasure_seq: row.erasure_seq,
             expires_at: row.expires_at,
             parts,
+            audit_checkpoint: self.audit_checkpoint().await,
         };
         let body = serde_json::to_vec_pretty(&manifest)?;
         if let Err(error) =
@@ -610,6 +623,13 @@ impl Backups {
                 );
             }
         }))
+    }
+
+    /// The audit chain's checkpoint for a manifest: asked of the api (which also publishes it),
+    /// else the latest published one; none without NATS (the one-shot `run` when NATS is away).
+    async fn audit_checkpoint(&self) -> Option<lethe_common::anchors::Checkpoint> {
+        let publisher = self.events.as_ref()?;
+        lethe_common::anchors::for_backup(&publisher.jetstream().client(), publisher.names()).await
     }
 
     async fn event(

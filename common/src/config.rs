@@ -157,7 +157,10 @@ pub struct PrivacySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
-    /// Server URL(s), comma-separated.
+    /// Server URL(s): one URL, several comma-separated (`nats://a:4222,nats://b:4222`), or a
+    /// TOML list; kept comma-separated. The client starts with any of them and reconnects to
+    /// the others (and to the servers they announce) when one goes away.
+    #[serde(deserialize_with = "one_or_many_urls")]
     pub url: String,
     /// Prefix of every subject, stream and consumer name; lets several deployments (or tests)
     /// share one server without seeing each other's messages.
@@ -204,6 +207,11 @@ pub struct NatsSettings {
 }
 
 impl NatsSettings {
+    /// Every server URL of `url`, in order.
+    pub fn server_urls(&self) -> Vec<String> {
+        crate::nats::server_urls(&self.url)
+    }
+
     fn default_prefix() -> String {
         "lethe".to_owned()
     }
@@ -231,6 +239,20 @@ impl NatsSettings {
     fn default_max_ack_pending() -> i64 {
         1000
     }
+}
+
+/// `nats.url` as a string (possibly comma-separated) or a list of strings, joined with commas.
+fn one_or_many_urls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(url) => url,
+        OneOrMany::Many(urls) => urls.join(","),
+    })
 }
 
 /// The ledger database.
@@ -406,6 +428,8 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         crate::nats::Names::new(&self.nats.prefix)
             .map_err(|e| ConfigError::Invalid(format!("nats.prefix: {e}")))?;
+        crate::nats::check_server_urls(&self.nats.url)
+            .map_err(|e| ConfigError::Invalid(format!("nats.url: {e}")))?;
         if self.nats.max_deliver < 1 {
             return Err(ConfigError::Invalid(
                 "nats.max_deliver: must be at least 1".into(),
@@ -641,6 +665,22 @@ mod tests {
         let message = zero.worker("eraser", 9181).unwrap_err().to_string();
         assert!(message.contains("eraser.concurrency"), "{message}");
         assert_eq!(settings.value::<String>("backups.prefix").unwrap(), None);
+    }
+
+    #[test]
+    fn several_nats_urls_are_taken_as_a_list_or_comma_separated() {
+        let list = "[nats]\nurl = [\"nats://a:4222\", \"nats://b:4222\"]\n";
+        let settings = Settings::from_toml(list).unwrap();
+        assert_eq!(settings.nats.url, "nats://a:4222,nats://b:4222");
+        assert_eq!(settings.nats.server_urls().len(), 2);
+        let text = "[nats]\nurl = \"nats://a:4222, nats://b:4222\"\n";
+        assert_eq!(
+            Settings::from_toml(text).unwrap().nats.server_urls().len(),
+            2
+        );
+        let bad = "[nats]\nurl = \"nats://a:4222,http://b\"\n";
+        let message = Settings::from_toml(bad).unwrap_err().to_string();
+        assert!(message.contains("nats.url: URL 2 of 2"), "{message}");
     }
 
     #[test]

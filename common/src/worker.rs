@@ -231,6 +231,7 @@ impl<H: Consume> WorkerLoop<H> {
             settings: self.settings.clone(),
         });
         tracing::info!(consumer = %self.name, "worker loop started");
+        let mut pull_failures = 0u32;
         while !shutdown.is_cancelled() {
             while in_flight.try_join_next().is_some() {}
             let first = tokio::select! {
@@ -259,11 +260,12 @@ impl<H: Consume> WorkerLoop<H> {
             };
             let mut received = 0usize;
             let mut first = Some(first);
+            let mut interrupted = None;
             while let Some(message) = batch.next().await {
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
-                        tracing::warn!(consumer = %self.name, error = %error, "pull interrupted");
+                        interrupted = Some(error);
                         break;
                     }
                 };
@@ -278,6 +280,22 @@ impl<H: Consume> WorkerLoop<H> {
                 in_flight.spawn(context.clone().process(message, permit));
             }
             drop(first);
+            match interrupted {
+                Some(error) => {
+                    // In a cluster, while the consumer's or the stream's leader is being elected,
+                    // the server refuses every pull at once (status 503): pulling again at once
+                    // would spin and flood the log. Back off, and log the first and every 50th.
+                    pull_failures += 1;
+                    if pull_failures == 1 || pull_failures.is_multiple_of(50) {
+                        tracing::warn!(consumer = %self.name, error = %error, failures = pull_failures, "pull interrupted; pulling again shortly");
+                    }
+                    if received == 0 {
+                        pause(&shutdown, pull_backoff(pull_failures)).await;
+                        continue;
+                    }
+                }
+                None => pull_failures = 0,
+            }
             if received == 0 && mode == RunMode::UntilIdle && in_flight.is_empty() {
                 match self.consumer.info().await {
                     Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => break,
@@ -310,6 +328,12 @@ impl<H: Consume> WorkerLoop<H> {
             in_flight.abort_all();
         }
     }
+}
+
+/// The wait before pulling again after `failures` interrupted pulls in a row: 100 ms more each
+/// time, at most 2 s (a leader election takes seconds; work should resume soon after it).
+fn pull_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100 * u64::from(failures.min(20)))
 }
 
 async fn pause(shutdown: &CancellationToken, duration: Duration) {
@@ -620,5 +644,17 @@ impl Handler for NoTasks {
                 self.0, task.task
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_pulls_back_off_by_100_ms_up_to_2_s() {
+        assert_eq!(pull_backoff(1), Duration::from_millis(100));
+        assert_eq!(pull_backoff(5), Duration::from_millis(500));
+        assert_eq!(pull_backoff(1000), Duration::from_secs(2));
     }
 }

@@ -87,7 +87,8 @@ pub struct Options {
     pub subjects: u64,
     /// Seed of the sample data.
     pub seed: u64,
-    /// The NATS server (a private one for chaos tests); the shared one when `None`.
+    /// The NATS server(s) (a private server or cluster for chaos tests; several URLs
+    /// comma-separated); the shared server when `None`.
     pub nats_url: Option<String>,
     /// Tracing filter of every daemon.
     pub filter: String,
@@ -138,7 +139,7 @@ pub struct Deployment {
     pub bucket: String,
     /// NATS names of the deployment.
     pub names: Names,
-    /// The NATS server the daemons use.
+    /// The NATS server(s) the daemons use (`nats.url`: comma-separated for a cluster).
     pub nats_url: String,
     /// The API key (tenant `e2e`, every scope), made by `lethe-api keys create`.
     pub key: String,
@@ -651,7 +652,8 @@ progress_interval = "2s"
     /// The state of every durable consumer of the deployment on the NATS server, to explain
     /// a failed wait.
     pub async fn consumers_state(&self) -> String {
-        let Ok(client) = async_nats::connect(&self.nats_url).await else {
+        let urls = lethe_common::nats::server_urls(&self.nats_url);
+        let Ok(client) = async_nats::connect(urls).await else {
             return "NATS unreachable".to_owned();
         };
         let jetstream = async_nats::jetstream::new(client);

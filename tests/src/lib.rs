@@ -3,6 +3,7 @@
 pub mod api;
 pub mod backup_support;
 pub mod browser;
+mod cluster;
 pub mod digest;
 pub mod e2e;
 pub mod eraser_support;
@@ -17,6 +18,7 @@ mod services;
 use anyhow::{Context as _, Result, bail};
 use lethe_sample::{ConnectOptions, SampleStores};
 
+pub use cluster::NatsCluster;
 pub use namespace::Namespace;
 pub use nats::{NatsServer, nats_server_bin};
 pub use services::{Services, with_database};

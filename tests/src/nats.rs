@@ -159,7 +159,8 @@ fn jetstream_ready(port: u16) -> bool {
         && line.contains("\"jetstream\":true")
 }
 
-fn tail(path: &Path) -> String {
+/// The last 20 lines of a log file.
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

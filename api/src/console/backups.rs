@@ -112,6 +112,10 @@ pub async fn show(State(state): State<AppState>, op: Operator) -> Result<Respons
                 Verification::Broken { chain_pos, seq, problem } => {
                     span.status.broken { "broken" } " at position " (chain_pos) " (event " (seq) "): " (problem)
                 }
+                // Only `audit verify` given checkpoints reports a cut; the page checks no checkpoint.
+                Verification::Cut { ends_at, anchored, .. } => {
+                    span.status.broken { "cut" } " at position " (ends_at) " of " (anchored)
+                }
             }
         }
     };

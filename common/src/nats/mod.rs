@@ -78,7 +78,7 @@ pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<Clien
                 })?;
     }
     let client = options
-        .connect(settings.url.as_str())
+        .connect(server_urls(&settings.url))
         .await
         .map_err(|source| ConnectError::Unreachable {
             url: settings.url.clone(),
@@ -92,6 +92,33 @@ pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<Clien
         });
     }
     Ok(client)
+}
+
+/// The server URLs of a `nats.url` value: comma-separated, each trimmed, empty ones skipped.
+/// A client given several starts with any of them and, when its server goes away, reconnects
+/// to another (the servers of a cluster also announce each other to their clients).
+pub fn server_urls(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks that `url` holds at least one server URL and that each is one the client accepts
+/// (`nats://`, `tls://`, `ws://`, `wss://`, or a bare `host:port`). The message says which
+/// one (by position, since a URL may hold a password) is wrong.
+pub fn check_server_urls(url: &str) -> Result<(), String> {
+    let urls = server_urls(url);
+    if urls.is_empty() {
+        return Err("no server URL".to_owned());
+    }
+    for (i, url) in urls.iter().enumerate() {
+        if let Err(error) = url.parse::<async_nats::ServerAddr>() {
+            return Err(format!("URL {} of {}: {error}", i + 1, urls.len()));
+        }
+    }
+    Ok(())
 }
 
 fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
@@ -229,6 +256,18 @@ mod tests {
         assert!(version_at_least("2.15.1", (2, 10)));
         assert!(version_at_least("v3.0.0-beta", (2, 10)));
         assert!(!version_at_least("2.9.25", (2, 10)));
+    }
+
+    #[test]
+    fn several_server_urls_are_split_on_commas_and_each_checked() {
+        assert_eq!(
+            server_urls(" nats://a:4222, nats://b:4222 ,,nats://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert!(check_server_urls("nats://a:4222,nats://b:4222").is_ok());
+        assert!(check_server_urls(" , ").is_err());
+        let error = check_server_urls("nats://a:4222,http://b:80").unwrap_err();
+        assert!(error.starts_with("URL 2 of 2"), "{error}");
     }
 
     #[test]

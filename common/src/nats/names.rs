@@ -159,6 +159,17 @@ impl Names {
         format!("exporter-census-{store}")
     }
 
+    /// Where a daemon asks the api for a fresh audit checkpoint (core NATS request/reply,
+    /// outside every stream; the checkpoint itself is published on the events stream).
+    pub fn checkpoint_subject(&self) -> String {
+        format!("{}.audit.checkpoint", self.prefix)
+    }
+
+    /// The queue group of the api processes answering checkpoint requests: one answers.
+    pub fn checkpoint_queue(&self) -> String {
+        "api-audit-checkpoint".to_owned()
+    }
+
     /// The durable consumer's name.
     pub fn durable_name(&self, durable: &Durable) -> String {
         match durable {
@@ -264,6 +275,21 @@ mod tests {
                 .iter()
                 .all(|s| s.split('.').nth(1) != Some("census"))
         );
+    }
+
+    #[test]
+    fn the_checkpoint_request_subject_is_outside_every_stream() {
+        let names = Names::new("lethe").unwrap();
+        assert_eq!(names.checkpoint_subject(), "lethe.audit.checkpoint");
+        let captured = names.task_subjects().into_iter().chain([
+            names.results_wildcard(),
+            names.events_wildcard(),
+            names.dead_wildcard(),
+        ]);
+        for wildcard in captured {
+            let family = wildcard.split('.').nth(1);
+            assert_ne!(family, Some("audit"), "{wildcard}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use lethe_tests::{NatsServer, Services};
 use tokio::time::Instant;
 
 /// Outer bound of every chaos test but the store cut.
-const TEST_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Only the info level: the chaos tests produce far more lines than the end-to-end ones.
 fn quiet(subjects: u64, nats: &NatsServer) -> Options {
@@ -33,7 +33,11 @@ fn quiet(subjects: u64, nats: &NatsServer) -> Options {
 
 /// Files `count` erasures of subjects `1..=count` at once (`in_flight` at a time); returns
 /// their ids in subject order.
-async fn burst(deployment: &Deployment, count: u64, in_flight: usize) -> Result<Vec<String>> {
+pub(crate) async fn burst(
+    deployment: &Deployment,
+    count: u64,
+    in_flight: usize,
+) -> Result<Vec<String>> {
     let ids: Vec<Result<String>> = futures::stream::iter(1..=count)
         .map(|i| deployment.file_erasure(i))
         .buffered(in_flight)
@@ -43,7 +47,7 @@ async fn burst(deployment: &Deployment, count: u64, in_flight: usize) -> Result<
 }
 
 /// Erase tasks done so far among `ids`, from the ledger.
-async fn erase_tasks_done(deployment: &Deployment, ids: &[String]) -> Result<i64> {
+pub(crate) async fn erase_tasks_done(deployment: &Deployment, ids: &[String]) -> Result<i64> {
     let ids: Vec<sqlx::types::Uuid> = ids.iter().map(|i| i.parse()).collect::<Result<_, _>>()?;
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM task WHERE request_id = ANY($1) AND kind = 'erase' AND status = 'done'",
@@ -57,7 +61,7 @@ async fn erase_tasks_done(deployment: &Deployment, ids: &[String]) -> Result<i64
 /// eraser (no crash, nothing else running) erased subjects `1..=erased` with the identities
 /// the coordinator would have given it: what the stores must look like "as if nothing had
 /// happened".
-async fn reference_digest(
+pub(crate) async fn reference_digest(
     services: &Services,
     subjects: u64,
     seed: u64,
@@ -89,7 +93,10 @@ async fn reference_digest(
 
 /// "None twice": each request has one task per store and kind, one erasure record, and one
 /// `request.completed` audit event.
-async fn assert_each_request_counted_once(deployment: &Deployment, ids: &[String]) -> Result<()> {
+pub(crate) async fn assert_each_request_counted_once(
+    deployment: &Deployment,
+    ids: &[String],
+) -> Result<()> {
     let uuids: Vec<sqlx::types::Uuid> = ids.iter().map(|i| i.parse()).collect::<Result<_, _>>()?;
     let per_request: Vec<(sqlx::types::Uuid, i64, i64, i64)> = sqlx::query_as(
         "SELECT r.id,

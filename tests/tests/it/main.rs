@@ -4,10 +4,12 @@
 // A test's helpers fail the test by panicking, like its assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod anchors;
 mod api;
 mod backup;
 mod chaos;
 mod closure;
+mod cluster;
 mod config_errors;
 mod console;
 mod contract;
