@@ -59,7 +59,17 @@ impl Plan {
             backups.seipd,
         )?);
         let map = DataMap::load(&settings.data_map_path()?)?;
-        let stores = stores::served(&map, &worker.stores, settings)?;
+        // Every store but the processors reached over HTTP, unless `backup.stores` names some.
+        let wanted: Vec<String> = if worker.stores.is_empty() {
+            map.stores
+                .iter()
+                .filter(|(_, store)| !matches!(store, lethe_common::datamap::Store::Http(_)))
+                .map(|(name, _)| name.to_string())
+                .collect()
+        } else {
+            worker.stores.clone()
+        };
+        let stores = stores::served(&map, &wanted, settings)?;
         let names: Vec<StoreName> = stores.iter().map(|s| s.name.clone()).collect();
         let schedules =
             Schedules::from_settings(&backups.schedule, &names).map_err(anyhow::Error::msg)?;
@@ -283,7 +293,7 @@ impl Backups {
         cancel: &CancellationToken,
     ) -> anyhow::Result<Summary> {
         self.clean_up_abandoned(&served.name).await;
-        let kind = Kind::of(&served.store);
+        let kind = Kind::of(&served.store)?;
         let tool_version = match kind.program(&self.settings.tools) {
             Some(program) => crate::tools::version(&program).await?,
             None => format!("lethe-backup {}", env!("CARGO_PKG_VERSION")),

@@ -11,7 +11,7 @@ use lethe_common::privacy::IdentityHasher;
 use lethe_common::worker::TaskError;
 
 use crate::connection::{ServedStore, StoreConnection};
-use crate::{redis, s3, sql};
+use crate::{http, redis, s3, sql};
 
 /// Which processing flag a restriction-family task sets or lifts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +91,7 @@ enum Inner {
     Mysql(sql::SqlConnector<sql::mysql::MySqlBackend>),
     Redis(Box<redis::RedisConnector>),
     S3(Box<s3::S3Connector>),
+    Http(Box<http::HttpConnector>),
 }
 
 impl Connector {
@@ -122,6 +123,9 @@ impl Connector {
             (Store::S3(spec), StoreConnection::S3(client)) => Inner::S3(Box::new(
                 s3::S3Connector::new(store.clone(), client.clone(), spec.clone()),
             )),
+            (Store::Http(spec), StoreConnection::Http(handle)) => Inner::Http(Box::new(
+                http::HttpConnector::new(store.clone(), handle.clone(), (**spec).clone()),
+            )),
             _ => return Err(KindMismatch(store)),
         };
         Ok(Self { store, inner })
@@ -140,7 +144,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.check_schema().await,
             Inner::Mysql(c) => c.check_schema().await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(SchemaCheck::Fits),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(SchemaCheck::Fits),
         }
     }
 
@@ -151,7 +155,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.resolve(identities).await,
             Inner::Mysql(c) => c.resolve(identities).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(TaskReport::default()),
         }
     }
 
@@ -165,6 +169,7 @@ impl Connector {
             Inner::Mysql(c) => c.erase(identities).await,
             Inner::Redis(c) => c.erase(identities).await,
             Inner::S3(c) => c.erase(identities).await,
+            Inner::Http(c) => c.erase(identities).await,
         }
     }
 
@@ -180,6 +185,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.rectify(identities, changes).await,
             Inner::Mysql(c) => c.rectify(identities, changes).await,
+            Inner::Http(c) => c.rectify(identities, changes).await,
             Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -196,6 +202,7 @@ impl Connector {
             Inner::Postgres(c) => c.set_flag(identities, flag, value).await,
             Inner::Mysql(c) => c.set_flag(identities, flag, value).await,
             Inner::Redis(c) => c.set_flag(identities, flag, value).await,
+            Inner::Http(c) => c.set_flag(identities, flag, value).await,
             Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -216,6 +223,7 @@ impl Connector {
             Inner::Mysql(c) => c.collect(identities, sink).await,
             Inner::Redis(c) => c.collect(identities, sink).await,
             Inner::S3(c) => c.collect(identities, sink).await,
+            Inner::Http(c) => c.collect(identities, sink).await,
         }
     }
 }
@@ -237,7 +245,7 @@ impl Connector {
         let tables = match &self.inner {
             Inner::Postgres(c) => c.log_tables(),
             Inner::Mysql(c) => c.log_tables(),
-            Inner::Redis(_) | Inner::S3(_) => Vec::new(),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Vec::new(),
         };
         tables
             .into_iter()
@@ -261,7 +269,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.delete_log_batch(table, before, batch).await,
             Inner::Mysql(c) => c.delete_log_batch(table, before, batch).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(0),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(0),
         }
     }
 
@@ -274,7 +282,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.count_log_rows(table, before).await,
             Inner::Mysql(c) => c.count_log_rows(table, before).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(0),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(0),
         }
     }
 
@@ -286,7 +294,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.oldest_log_row(table).await,
             Inner::Mysql(c) => c.oldest_log_row(table).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(None),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(None),
         }
     }
 }

@@ -13,8 +13,13 @@ use serde::Deserialize;
 
 use crate::ids::StoreName;
 
+mod http;
 mod normalize;
 
+pub use http::{
+    Action, BodyEncoding, FieldCheck, FlagRequests, HttpAuth, HttpStore, Lookup, MAX_PAGES,
+    Pagination, RECORD_ID, Rectify, RequestSpec,
+};
 pub use normalize::{Matching, Normalization};
 
 /// The whole map.
@@ -46,6 +51,8 @@ pub enum Store {
     Redis(RedisStore),
     /// An S3 bucket.
     S3(S3Store),
+    /// A processor reached over its HTTP API.
+    Http(Box<HttpStore>),
 }
 
 /// A relational store.
@@ -261,6 +268,7 @@ impl DataMap {
                 Store::Postgres(sql) | Store::Mysql(sql) => sql.matching = matching.clone(),
                 Store::Redis(redis) => redis.matching = matching.clone(),
                 Store::S3(s3) => s3.matching = matching.clone(),
+                Store::Http(http) => http.matching = matching.clone(),
             }
         }
         let problems = map.problems();
@@ -367,6 +375,9 @@ impl DataMap {
                         check_template(&mut problems, &place, template, true, &mut check_identity);
                     }
                 }
+                Store::Http(http) => {
+                    problems.extend(http::problems(name.as_str(), http, &mut check_identity));
+                }
             }
         }
         if let Some(cycle) = self.derivation_cycle() {
@@ -454,8 +465,13 @@ impl DataMap {
 
     /// Every rectifiable field name, across stores.
     pub fn rectifiable_fields(&self) -> BTreeSet<&str> {
+        let processors = self.stores.values().filter_map(|store| match store {
+            Store::Http(http) => http.rectify.as_ref(),
+            _ => None,
+        });
         self.sql_collections()
             .flat_map(|(_, c)| c.rectify.keys().map(String::as_str))
+            .chain(processors.flat_map(|r| r.fields.keys().map(String::as_str)))
             .collect()
     }
 }
