@@ -36,7 +36,11 @@ impl Stats {
     pub fn take_fault(&mut self, method: &str) -> Option<FaultPlan> {
         self.calls += 1;
         let plan = self.plan.as_mut()?;
-        if plan.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(method)) {
+        if plan
+            .method
+            .as_deref()
+            .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+        {
             return None;
         }
         let fault = plan.clone();

@@ -70,7 +70,10 @@ async fn run(cli: Cli) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    eprintln!("lethe-sample-processor: listening on {}", listener.local_addr()?);
+    eprintln!(
+        "lethe-sample-processor: listening on {}",
+        listener.local_addr()?
+    );
     let shutdown = lethe_common::shutdown::on_signal();
     axum::serve(listener, routes::router(app))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -39,7 +39,9 @@ pub fn router(app: Shared) -> Router {
         .route("/v1/customers", get(list_customers))
         .route(
             "/v1/customers/{id}",
-            get(get_customer).post(update_customer).delete(delete_customer),
+            get(get_customer)
+                .post(update_customer)
+                .delete(delete_customer),
         )
         .route("/v1/charges", get(list_charges))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard));
@@ -79,7 +81,12 @@ async fn guard(State(app): State<Shared>, request: Request, next: Next) -> Respo
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if presented != Some(key.as_str()) {
-            return error(StatusCode::UNAUTHORIZED, "invalid_request_error", "api_key_invalid", "Invalid API key provided");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "api_key_invalid",
+                "Invalid API key provided",
+            );
         }
     }
     let fault = match app.stats.lock() {
@@ -95,8 +102,18 @@ async fn guard(State(app): State<Shared>, request: Request, next: Next) -> Respo
 fn fault_answer(fault: &FaultPlan, query: &str) -> Response {
     let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = match fault.status {
-        429 => error(status, "rate_limit_error", "rate_limit", "Too many requests"),
-        500..=599 => error(status, "api_error", "internal", "Something went wrong on our side"),
+        429 => error(
+            status,
+            "rate_limit_error",
+            "rate_limit",
+            "Too many requests",
+        ),
+        500..=599 => error(
+            status,
+            "api_error",
+            "internal",
+            "Something went wrong on our side",
+        ),
         // Like real processors, a refusal quotes what it refused: Lethe must never pass this on.
         _ => error(
             status,
@@ -131,7 +148,12 @@ fn missing(what: &str) -> Response {
 }
 
 fn unavailable() -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "store_unavailable", "The store is unavailable")
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        "store_unavailable",
+        "The store is unavailable",
+    )
 }
 
 #[derive(Deserialize)]
@@ -152,7 +174,8 @@ fn page(items: Vec<&Value>, params: &ListParams, url: &str) -> Response {
         .collect();
     let has_more = rest.len() > limit;
     let data: Vec<&Value> = rest.into_iter().take(limit).collect();
-    Json(json!({ "object": "list", "url": url, "has_more": has_more, "data": data })).into_response()
+    Json(json!({ "object": "list", "url": url, "has_more": has_more, "data": data }))
+        .into_response()
 }
 
 async fn list_customers(State(app): State<Shared>, Query(params): Query<ListParams>) -> Response {
@@ -229,7 +252,10 @@ async fn update_customer(
         return missing("customer");
     };
     for (key, value) in fields {
-        if let Some(name) = key.strip_prefix("metadata[").and_then(|k| k.strip_suffix(']')) {
+        if let Some(name) = key
+            .strip_prefix("metadata[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
             let metadata = &mut customer["metadata"];
             if !metadata.is_object() {
                 *metadata = json!({});

@@ -30,8 +30,8 @@ impl Store {
     /// (one customer each, one charge per invoice) and writes it.
     pub fn open(path: &Path, subjects: u64, seed: u64) -> Result<Self> {
         if path.exists() {
-            let text = std::fs::read(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let text =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             let data = serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not the processor's data", path.display()))?;
             return Ok(Self {
