@@ -425,12 +425,11 @@ pub(super) fn problems(
                     }
                 }
             }
-            Some(Pagination::Page { more, .. }) => {
-                if let Some(pointer) = more {
-                    check_pointer(&mut problems, &format!("{place}.pagination.more"), pointer);
-                }
-            }
-            None => {}
+            Some(Pagination::Page {
+                more: Some(pointer),
+                ..
+            }) => check_pointer(&mut problems, &format!("{place}.pagination.more"), pointer),
+            Some(Pagination::Page { more: None, .. }) | None => {}
         }
     }
     let actions = [
