@@ -119,7 +119,7 @@ fn fault_answer(fault: &FaultPlan, query: &str) -> Response {
             status,
             "invalid_request_error",
             "parameter_invalid",
-            &format!("Invalid request: {query}"),
+            &format!("Invalid request: {}", decode(query)),
         ),
     };
     if let Some(seconds) = fault.retry_after
