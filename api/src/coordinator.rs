@@ -24,6 +24,7 @@ use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, Planner};
 use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
 use crate::settings::ApiSettings;
+use crate::tenants::TenantNames;
 
 /// Applies results to the ledger.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ pub struct Coordinator {
     names: Names,
     outbox: OutboxSignal,
     export_ttl: Duration,
+    tenants: TenantNames,
 }
 
 /// What applying one result did.
@@ -53,6 +55,7 @@ impl Coordinator {
             names,
             outbox,
             export_ttl: Duration::from_secs(7 * 24 * 3600),
+            tenants: TenantNames::default(),
         }
     }
 
@@ -273,10 +276,12 @@ impl Coordinator {
             .parse::<Traceparent>()
             .unwrap_or_else(|_| Traceparent::new_root());
         requests::insert_tasks(tx, request.id, next, &tasks, 0).await?;
+        let tenant = self.tenants.get(&mut **tx, request.tenant_id).await?;
         let mut outgoing = Outgoing::default();
         let context = TaskContext {
             request: request.id,
             identities: &identities,
+            tenant: &tenant,
             params: &request.params.0,
             generation: 0,
             trace: &trace,
@@ -351,10 +356,12 @@ impl Coordinator {
             .parse::<Traceparent>()
             .unwrap_or_else(|_| Traceparent::new_root());
         requests::insert_tasks(tx, request.id, Phase::Resolve, &tasks, generation).await?;
+        let tenant = self.tenants.get(&mut **tx, request.tenant_id).await?;
         let mut outgoing = Outgoing::default();
         let context = TaskContext {
             request: request.id,
             identities: &identities,
+            tenant: &tenant,
             params: &request.params.0,
             generation,
             trace: &trace,

@@ -20,6 +20,7 @@ pub mod receipt;
 pub mod requests;
 pub mod routes;
 pub mod settings;
+pub mod tenants;
 pub mod validate;
 pub mod webhooks;
 
@@ -78,6 +79,8 @@ pub struct AppState {
     pub pages: pages::Pages,
     /// Where webhooks and callbacks may go.
     pub outbound: Arc<webhooks::OutboundPolicy>,
+    /// Tenant names, which every task carries.
+    pub tenants: tenants::TenantNames,
 }
 
 impl FromRef<AppState> for PgPool {
@@ -165,6 +168,7 @@ impl App {
                 incidents,
                 pages,
                 outbound: Arc::new(outbound),
+                tenants: tenants::TenantNames::default(),
             },
             api,
             nats: settings.nats.clone(),

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::model::{Accepted, RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
 use crate::plan::{Phase, PlannedTask, Planner};
+use crate::tenants::TenantNames;
 use crate::validate::ValidRequest;
 
 /// A request as the ledger holds it.
@@ -136,6 +137,8 @@ pub struct TaskContext<'a> {
     pub request: RequestId,
     /// The subject's identities.
     pub identities: &'a Identities,
+    /// The filing tenant's name.
+    pub tenant: &'a str,
     /// The request's parameters.
     pub params: &'a serde_json::Value,
     /// The tasks' generation.
@@ -158,6 +161,7 @@ impl Outgoing {
                 task: task.kind,
                 store: task.store.clone(),
                 identities: context.identities.clone(),
+                tenant: Some(context.tenant.to_owned()),
                 params: context.params.clone(),
                 generation: context.generation,
                 issued_at: Utc::now(),
@@ -246,6 +250,8 @@ pub struct Intake<'a> {
     pub hasher: &'a IdentityHasher,
     /// Wakes the outbox relay.
     pub outbox: &'a OutboxSignal,
+    /// Tenant names, which every task carries.
+    pub tenants: &'a TenantNames,
 }
 
 impl Intake<'_> {
@@ -273,10 +279,12 @@ impl Intake<'_> {
         let (phase, tasks) = self
             .planner
             .start(request.kind, &request.identities, &changes);
+        let tenant_name = self.tenants.get(self.pool, tenant).await?;
         let mut outgoing = Outgoing::default();
         let context = TaskContext {
             request: id,
             identities: &request.identities,
+            tenant: &tenant_name,
             params: &params,
             generation: 0,
             trace: &trace,

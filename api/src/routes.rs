@@ -88,6 +88,7 @@ pub async fn create(
         planner: &state.planner,
         hasher: &state.hasher,
         outbox: &state.outbox,
+        tenants: &state.tenants,
     };
     let fingerprint = idempotency_key
         .as_ref()

@@ -41,6 +41,13 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
     }
     let declared: BTreeSet<&str> = map.identities.iter().map(String::as_str).collect();
     let matching = map.matching();
+    // In a tenant-scoped deployment these identities count as the tenant's only because their
+    // values come from the tenant's own rows; a value given by a client could be anyone's.
+    let tenant_derived = if map.tenant_scoped() {
+        map.tenant_derived()
+    } else {
+        BTreeSet::new()
+    };
     let mut identities = Identities::new();
     for (name, values) in body.subject {
         let field = format!("subject.{name}");
@@ -51,6 +58,16 @@ pub fn validate(body: NewRequest, map: &DataMap) -> Result<ValidRequest, ApiErro
                 format!(
                     "`{name}` is not an identity of the data map (known: {})",
                     map.identities.join(", ")
+                ),
+            ));
+        }
+        if tenant_derived.contains(&name) {
+            return Err(ApiError::unprocessable(
+                "derived_identity",
+                field,
+                format!(
+                    "`{name}` is derived from the tenant's own records in this tenant-scoped \
+                     deployment and cannot be given; name the subject by another identity"
                 ),
             ));
         }

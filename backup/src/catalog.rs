@@ -256,6 +256,8 @@ pub struct Erasure {
     pub request_id: Uuid,
     /// The subject's identities; `None` once minimised by retention.
     pub identities: Option<Json<Identities>>,
+    /// The name of the tenant that filed it (a tenant-scoped replay touches only its records).
+    pub tenant: String,
     /// When it was recorded.
     pub recorded_at: DateTime<Utc>,
 }
@@ -263,7 +265,8 @@ pub struct Erasure {
 /// Every erasure recorded after position `seq`, in order.
 pub async fn erasures_after(pool: &PgPool, seq: i64) -> sqlx::Result<Vec<Erasure>> {
     sqlx::query_as(
-        "SELECT seq, request_id, identities, recorded_at FROM erasure_log WHERE seq > $1 ORDER BY seq",
+        "SELECT e.seq, e.request_id, e.identities, t.name AS tenant, e.recorded_at \
+         FROM erasure_log e JOIN tenant t ON t.id = e.tenant_id WHERE e.seq > $1 ORDER BY e.seq",
     )
     .bind(seq)
     .fetch_all(pool)

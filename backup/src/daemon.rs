@@ -226,7 +226,9 @@ async fn schedule(shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
                 continue;
             }
         };
-        if schedule.next_due(last, now).is_none_or(|due| due > now) {
+        let due = schedule.next_due(last, now);
+        lethe_common::schedule::record_plan(&pool, "backup", store.as_str(), due).await;
+        if due.is_none_or(|due| due > now) {
             continue;
         }
         let shared = shared.clone();

@@ -553,14 +553,17 @@ async fn replay_into(
             });
             continue;
         };
-        let done = connector.erase(&identities.0).await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot replay erasure {} (seq {}) in store `{}`: {e}",
-                erasure.request_id,
-                erasure.seq,
-                target.name
-            )
-        })?;
+        let done = connector
+            .erase(&identities.0, Some(&erasure.tenant))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot replay erasure {} (seq {}) in store `{}`: {e}",
+                    erasure.request_id,
+                    erasure.seq,
+                    target.name
+                )
+            })?;
         tracing::info!(
             store = %target.name,
             request.id = %erasure.request_id,

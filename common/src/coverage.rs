@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
-use crate::datamap::{DataMap, Store, placeholders};
+use crate::datamap::{DataMap, Store, TENANT_PLACEHOLDER, placeholders};
 use crate::ids::StoreName;
 
 /// The kinds a store searches with: the `match` identities of its collections, or the
@@ -122,10 +122,17 @@ impl Place {
 
 fn places(map: &DataMap) -> Vec<Place> {
     let mut out = Vec::new();
+    // `{tenant}` is the filing tenant, which every task carries: no identity needs to reach it.
     let template = |store: &StoreName, t: &String| Place {
         store: store.clone(),
         name: t.clone(),
-        needs: Needs::All(placeholders(t).unwrap_or_default().into_iter().collect()),
+        needs: Needs::All(
+            placeholders(t)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n != TENANT_PLACEHOLDER)
+                .collect(),
+        ),
     };
     for (name, store) in &map.stores {
         match store {

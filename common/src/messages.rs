@@ -175,6 +175,10 @@ pub struct TaskMessage {
     /// The subject's identities, where the task needs them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub identities: Identities,
+    /// The name of the tenant that filed the request. In a tenant-scoped deployment the task
+    /// touches only that tenant's rows, keys and objects (and fails without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Task-specific parameters (rectification's field changes, an export's recipient
     /// certificate, ...).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
@@ -363,6 +367,7 @@ mod tests {
             task: TaskKind::Erase,
             store: Some(StoreName::parse("accounts").unwrap()),
             identities: Identities::from([("email".into(), vec!["a@example.com".into()])]),
+            tenant: Some("acme".into()),
             params: serde_json::Value::Null,
             generation: 0,
             issued_at: Utc::now(),

@@ -71,6 +71,29 @@ impl Schedule {
     }
 }
 
+/// Records in the ledger when `daemon`'s `item` runs next by its schedule (`None`: never), for
+/// the console's backups page. Best effort: the plan is informative, so a failure (e.g. a ledger
+/// not migrated yet) is logged and the schedule goes on.
+pub async fn record_plan(
+    pool: &sqlx::PgPool,
+    daemon: &str,
+    item: &str,
+    next_at: Option<DateTime<Utc>>,
+) {
+    let recorded = sqlx::query(
+        "INSERT INTO schedule_plan (daemon, item, next_at, planned_at) VALUES ($1, $2, $3, now())
+         ON CONFLICT (daemon, item) DO UPDATE SET next_at = EXCLUDED.next_at, planned_at = now()",
+    )
+    .bind(daemon)
+    .bind(item)
+    .bind(next_at)
+    .execute(pool)
+    .await;
+    if let Err(error) = recorded {
+        tracing::warn!(daemon, item, error = %error, "cannot record the next scheduled run");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

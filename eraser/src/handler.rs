@@ -170,19 +170,34 @@ impl Eraser {
             });
         }
         self.check_identities(identities)?;
+        let tenant = task.tenant.as_deref();
         match task.task {
-            TaskKind::Resolve => connector.resolve(identities).await,
-            TaskKind::Erase => connector.erase(identities).await,
+            TaskKind::Resolve => connector.resolve(identities, tenant).await,
+            TaskKind::Erase => connector.erase(identities, tenant).await,
             TaskKind::Rectify => {
                 let changes = self.changes(&task.params)?;
-                connector.rectify(identities, &changes).await
+                connector.rectify(identities, tenant, &changes).await
             }
-            TaskKind::Restrict => connector.set_flag(identities, Flag::Restrict, true).await,
+            TaskKind::Restrict => {
+                connector
+                    .set_flag(identities, tenant, Flag::Restrict, true)
+                    .await
+            }
             TaskKind::LiftRestriction => {
-                connector.set_flag(identities, Flag::Restrict, false).await
+                connector
+                    .set_flag(identities, tenant, Flag::Restrict, false)
+                    .await
             }
-            TaskKind::Object => connector.set_flag(identities, Flag::Object, true).await,
-            TaskKind::LiftObjection => connector.set_flag(identities, Flag::Object, false).await,
+            TaskKind::Object => {
+                connector
+                    .set_flag(identities, tenant, Flag::Object, true)
+                    .await
+            }
+            TaskKind::LiftObjection => {
+                connector
+                    .set_flag(identities, tenant, Flag::Object, false)
+                    .await
+            }
             TaskKind::Collect | TaskKind::Assemble => Ok(TaskReport::default()),
         }
     }

@@ -119,7 +119,11 @@ impl Exporter {
             store.clone(),
             served.kind,
         );
-        let mut report = match served.connector.collect(&task.identities, &mut sink).await {
+        let mut report = match served
+            .connector
+            .collect(&task.identities, task.tenant.as_deref(), &mut sink)
+            .await
+        {
             Ok(report) => report,
             Err(error) => {
                 sink.abandon().await;

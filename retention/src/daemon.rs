@@ -100,6 +100,7 @@ pub async fn run(
         if mode == RunMode::UntilShutdown && tokio::time::Instant::now() >= next_look {
             next_look = tokio::time::Instant::now() + SCHEDULE_TICK;
             let due = retention.schedule().next_due(last_run, started);
+            lethe_common::schedule::record_plan(retention.pool(), "retention", "run", due).await;
             if due.is_some_and(|due| due <= Utc::now()) {
                 last_run = Some(Utc::now());
                 match pass(&retention, Mode::Delete, &shutdown, config.drain_timeout).await {

@@ -254,6 +254,38 @@ ensure_demo_key() {
   DEMO_API_KEY=$key
 }
 
+# ensure_company_tenants: one Lethe tenant per company of the sample's users (users.company, the
+# data map's `tenant` column), each with a requests key, created once and kept in
+# $LETHE_RUN/company-keys (company<TAB>key). The breach register's census then attributes the
+# sample's subjects to these tenants, and a request can be filed as the company a subject
+# belongs to.
+ensure_company_tenants() {
+  local keyfile=$LETHE_RUN/company-keys log=$LETHE_LOGS/keys.log companies company key
+  if [[ -s $keyfile ]]; then
+    info "company tenants: reusing the keys kept in $keyfile"
+    return 0
+  fi
+  if ! companies=$(psql -w -X -At -c 'SELECT DISTINCT company FROM users WHERE company IS NOT NULL ORDER BY 1' \
+    "$ACCOUNTS_DATABASE_URL" 2>>"$log"); then
+    warn "could not list the sample's companies; no company tenants (see $log)"
+    return 0
+  fi
+  local tmp=$keyfile.tmp
+  (umask 077 && : >"$tmp")
+  while IFS= read -r company; do
+    [[ -n $company ]] || continue
+    if ! key=$("$(require_bin lethe-api)" --config "$LETHE_CONFIG" keys create --tenant "$company" \
+      --scopes requests:write,requests:read 2>>"$log"); then
+      rm -f "$tmp"
+      show_log_tail "$log"
+      die "creating the API key of company tenant \"$company\" failed; see $log"
+    fi
+    printf '%s\t%s\n' "$company" "$key" >>"$tmp"
+  done <<<"$companies"
+  mv "$tmp" "$keyfile"
+  info "company tenants: $(wc -l <"$keyfile") created, their keys kept in $keyfile"
+}
+
 print_summary() {
   local api email body
   api=$(daemon_url api)
@@ -276,6 +308,9 @@ File an erasure request for seeded subject 1:
     -H 'Authorization: Bearer $DEMO_API_KEY' \\
     -H 'Content-Type: application/json' \\
     -d '$body'
+
+Each company of the sample is a tenant too (users.company names it), with a key in
+$LETHE_RUN/company-keys: the breach register counts affected subjects per company.
 
 Follow it with GET $api/v1/requests/<id>. What runs: scripts/stack status. Stop: scripts/stack down.
 EOF

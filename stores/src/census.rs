@@ -4,7 +4,8 @@
 //! Method, for a relational store:
 //!
 //! 1. The **key identity** is the identity the collection declaring `tenant` provides (or, if it
-//!    provides none, the first it is matched by); without a `tenant` collection, the identity
+//!    provides none, the first it is matched by; of several collections declaring `tenant`, the
+//!    first that provides an identity); without a `tenant` collection, the identity
 //!    that the most collections of the store are matched by.
 //! 2. The store's **subjects** are the distinct non-null values of that identity across every
 //!    collection that has a column for it (`UNION` of the columns, as text so the types of the
@@ -62,7 +63,13 @@ fn plan(dialect: Dialect, collections: &[Collection]) -> Option<CensusPlan> {
         Dialect::Postgres => "text",
         Dialect::Mysql => "CHAR",
     };
-    let tenant_collection = collections.iter().find(|c| c.tenant.is_some());
+    // Several collections may name their rows' tenant (a tenant-scoped deployment filters
+    // each by it); subjects are attributed through the one holding accounts: the first that
+    // provides an identity, else the first.
+    let tenant_collection = collections
+        .iter()
+        .find(|c| c.tenant.is_some() && !c.provides.is_empty())
+        .or_else(|| collections.iter().find(|c| c.tenant.is_some()));
     let identity = match tenant_collection {
         Some(t) => t
             .provides
@@ -279,6 +286,22 @@ mod tests {
         assert!(plan.attributed);
         assert!(plan.method.contains("not counted"), "{}", plan.method);
         assert!(plan.method.contains("newsletter"), "{}", plan.method);
+    }
+
+    #[test]
+    fn of_several_tenant_columns_the_census_attributes_through_the_providing_collection() {
+        let text = ACCOUNTS.replace(
+            "match = { user_id = \"user_id\" }\n        erase = \"delete\"",
+            "match = { user_id = \"user_id\" }\n        erase = \"delete\"\n        tenant = \"customer\"",
+        );
+        let collections = collections(&text);
+        assert_eq!(collections[1].tenant.as_deref(), Some("customer"));
+        let plan = plan(Dialect::Postgres, &collections).unwrap();
+        assert!(
+            plan.method.contains("attributed through users.company"),
+            "{}",
+            plan.method
+        );
     }
 
     #[test]

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use lethe_common::datamap::Store;
+use lethe_common::datamap::{Scope, Store};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::{Identities, TaskReport};
 use lethe_common::privacy::IdentityHasher;
 use lethe_common::worker::TaskError;
 
 use crate::connection::{ServedStore, StoreConnection};
+use crate::values::with_tenant;
 use crate::{http, redis, s3, sql};
 
 /// Which processing flag a restriction-family task sets or lifts.
@@ -83,6 +84,7 @@ pub struct SourceObject<'a> {
 /// Carries out tasks in one store.
 pub struct Connector {
     store: StoreName,
+    scope: Scope,
     inner: Inner,
 }
 
@@ -98,6 +100,12 @@ impl Connector {
     /// A connector for `served`; `hasher` keys the `hash` mask.
     pub fn new(served: &ServedStore, hasher: IdentityHasher) -> Result<Self, KindMismatch> {
         let store = served.name.clone();
+        let scope = match &served.store {
+            Store::Postgres(sql) | Store::Mysql(sql) => sql.scope,
+            Store::Redis(spec) => spec.scope,
+            Store::S3(spec) => spec.scope,
+            Store::Http(spec) => spec.scope,
+        };
         let inner = match (&served.store, &served.connection) {
             (Store::Postgres(sql), StoreConnection::Postgres(pool)) => {
                 Inner::Postgres(sql::SqlConnector::new(
@@ -128,7 +136,28 @@ impl Connector {
             )),
             _ => return Err(KindMismatch(store)),
         };
-        Ok(Self { store, inner })
+        Ok(Self {
+            store,
+            scope,
+            inner,
+        })
+    }
+
+    /// The tenant whose records a task may touch: `None` in a global deployment (every record
+    /// of the subject), the task's tenant in a tenant-scoped one, which refuses a task that
+    /// names none rather than touch every tenant's records.
+    fn tenant<'t>(&self, tenant: Option<&'t str>) -> Result<Option<&'t str>, TaskError> {
+        match (self.scope, tenant) {
+            (Scope::Global, _) => Ok(None),
+            (Scope::Tenant, Some(tenant)) if !tenant.trim().is_empty() => Ok(Some(tenant)),
+            (Scope::Tenant, _) => Err(TaskError::Permanent {
+                code: "missing_tenant",
+                reason: format!(
+                    "store `{}`: the deployment is tenant-scoped and the task names no tenant",
+                    self.store
+                ),
+            }),
+        }
     }
 
     /// The store's name.
@@ -151,10 +180,19 @@ impl Connector {
     /// Finds the identities the store derives from the given ones (`email -> user_id`),
     /// following its derivations to a fixed point. `derived` holds every value found, `counts`
     /// the rows found per providing collection.
-    pub async fn resolve(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    ///
+    /// Every flow takes the task's `tenant`: in a tenant-scoped deployment it touches only that
+    /// tenant's records (rows whose tenant column names it, keys and prefixes rendered with it
+    /// for `{tenant}`) and fails without one; a global deployment ignores it.
+    pub async fn resolve(
+        &self,
+        identities: &Identities,
+        tenant: Option<&str>,
+    ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.resolve(identities).await,
-            Inner::Mysql(c) => c.resolve(identities).await,
+            Inner::Postgres(c) => c.resolve(identities, tenant).await,
+            Inner::Mysql(c) => c.resolve(identities, tenant).await,
             Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(TaskReport::default()),
         }
     }
@@ -163,13 +201,18 @@ impl Connector {
     /// holds the rows, keys or objects deleted or masked per collection (zero for retained
     /// collections and for a subject already erased); `remaining` is always `Some(0)`: matches
     /// left after the erasure make the task fail transiently instead.
-    pub async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    pub async fn erase(
+        &self,
+        identities: &Identities,
+        tenant: Option<&str>,
+    ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.erase(identities).await,
-            Inner::Mysql(c) => c.erase(identities).await,
-            Inner::Redis(c) => c.erase(identities).await,
-            Inner::S3(c) => c.erase(identities).await,
-            Inner::Http(c) => c.erase(identities).await,
+            Inner::Postgres(c) => c.erase(identities, tenant).await,
+            Inner::Mysql(c) => c.erase(identities, tenant).await,
+            Inner::Redis(c) => c.erase(&with_tenant(identities, tenant)).await,
+            Inner::S3(c) => c.erase(&with_tenant(identities, tenant)).await,
+            Inner::Http(c) => c.erase(&with_tenant(identities, tenant)).await,
         }
     }
 
@@ -180,12 +223,14 @@ impl Connector {
     pub async fn rectify(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         changes: &BTreeMap<String, serde_json::Value>,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.rectify(identities, changes).await,
-            Inner::Mysql(c) => c.rectify(identities, changes).await,
-            Inner::Http(c) => c.rectify(identities, changes).await,
+            Inner::Postgres(c) => c.rectify(identities, tenant, changes).await,
+            Inner::Mysql(c) => c.rectify(identities, tenant, changes).await,
+            Inner::Http(c) => c.rectify(&with_tenant(identities, tenant), changes).await,
             Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -195,14 +240,22 @@ impl Connector {
     pub async fn set_flag(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         flag: Flag,
         value: bool,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.set_flag(identities, flag, value).await,
-            Inner::Mysql(c) => c.set_flag(identities, flag, value).await,
-            Inner::Redis(c) => c.set_flag(identities, flag, value).await,
-            Inner::Http(c) => c.set_flag(identities, flag, value).await,
+            Inner::Postgres(c) => c.set_flag(identities, tenant, flag, value).await,
+            Inner::Mysql(c) => c.set_flag(identities, tenant, flag, value).await,
+            Inner::Redis(c) => {
+                c.set_flag(&with_tenant(identities, tenant), flag, value)
+                    .await
+            }
+            Inner::Http(c) => {
+                c.set_flag(&with_tenant(identities, tenant), flag, value)
+                    .await
+            }
             Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -216,14 +269,16 @@ impl Connector {
     pub async fn collect<K: CollectSink>(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         sink: &mut K,
     ) -> Result<TaskReport, TaskError> {
+        let tenant = self.tenant(tenant)?;
         match &self.inner {
-            Inner::Postgres(c) => c.collect(identities, sink).await,
-            Inner::Mysql(c) => c.collect(identities, sink).await,
-            Inner::Redis(c) => c.collect(identities, sink).await,
-            Inner::S3(c) => c.collect(identities, sink).await,
-            Inner::Http(c) => c.collect(identities, sink).await,
+            Inner::Postgres(c) => c.collect(identities, tenant, sink).await,
+            Inner::Mysql(c) => c.collect(identities, tenant, sink).await,
+            Inner::Redis(c) => c.collect(&with_tenant(identities, tenant), sink).await,
+            Inner::S3(c) => c.collect(&with_tenant(identities, tenant), sink).await,
+            Inner::Http(c) => c.collect(&with_tenant(identities, tenant), sink).await,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! A task's identity values as the connectors use them: which are usable, every rendering of a
 //! key or prefix template, and the bound on how many one task may name.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use lethe_common::datamap::{Matching, placeholders, render};
+use lethe_common::datamap::{Matching, TENANT_PLACEHOLDER, placeholders, render};
 use lethe_common::ids::StoreName;
 use lethe_common::messages::Identities;
 use lethe_common::worker::TaskError;
@@ -32,6 +33,23 @@ pub(crate) fn with_spellings(identities: &Identities, matching: &Matching) -> Id
         .iter()
         .map(|(name, values)| (name.clone(), matching.spellings(name, values)))
         .collect()
+}
+
+/// The task's values with the tenant's name as the `{tenant}` placeholder's one value, for
+/// rendering key and prefix templates of a tenant-scoped task (unchanged without a tenant). A
+/// `tenant` entry of the task's own is replaced: the name is the task's, never an identity.
+pub(crate) fn with_tenant<'a>(
+    identities: &'a Identities,
+    tenant: Option<&str>,
+) -> Cow<'a, Identities> {
+    match tenant {
+        None => Cow::Borrowed(identities),
+        Some(tenant) => {
+            let mut scoped = identities.clone();
+            scoped.insert(TENANT_PLACEHOLDER.to_owned(), vec![tenant.to_owned()]);
+            Cow::Owned(scoped)
+        }
+    }
 }
 
 /// Every rendering of `template` with the task's values: one per combination of the values of

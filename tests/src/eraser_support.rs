@@ -334,6 +334,7 @@ pub fn task(kind: TaskKind, store: &str, identities: Identities) -> Result<TaskM
         task: kind,
         store: Some(StoreName::parse(store).map_err(anyhow::Error::msg)?),
         identities,
+        tenant: None,
         params: serde_json::Value::Null,
         generation: 0,
         issued_at: chrono::Utc::now(),

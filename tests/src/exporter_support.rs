@@ -114,6 +114,7 @@ impl ExporterBed {
             task: TaskKind::Assemble,
             store: None,
             identities: identities.clone(),
+            tenant: None,
             params: Value::Null,
             generation: 0,
             issued_at: chrono::Utc::now(),

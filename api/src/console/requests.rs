@@ -1,10 +1,11 @@
 //! The requests list: filterable by status, kind and overdue, paged, with each request's
 //! deadline countdown. Rows come from the API's own listing, called once per tenant an admin
-//! sees and merged newest first.
+//! sees and merged newest first. Above it, the privacy center's requests still `verifying`:
+//! filed by a person whose emailed link has not been followed yet.
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lethe_common::ids::{RequestId, TenantId};
 use maud::html;
 use serde::Deserialize;
@@ -73,6 +74,28 @@ pub async fn visible_tenants(
     }
 }
 
+/// A privacy-center request waiting for its link to be followed: no request exists yet, and
+/// its address is not shown (the operator needs the count and the expiry, not the person).
+type Verifying = (uuid::Uuid, String, String, DateTime<Utc>, DateTime<Utc>);
+
+/// The unexpired, unverified privacy-center requests of `tenants`, newest first.
+async fn verifying(
+    state: &AppState,
+    tenants: &[(TenantId, String)],
+) -> Result<Vec<Verifying>, PageError> {
+    let ids: Vec<TenantId> = tenants.iter().map(|(id, _)| *id).collect();
+    Ok(sqlx::query_as(
+        "SELECT v.id, t.name, v.kind, v.created_at, v.expires_at
+         FROM privacy_verification v JOIN tenant t ON t.id = v.tenant_id
+         WHERE v.verified_at IS NULL AND v.expires_at > now() AND v.tenant_id = ANY($1)
+         ORDER BY v.created_at DESC LIMIT $2",
+    )
+    .bind(&ids)
+    .bind(PAGE)
+    .fetch_all(&state.pool)
+    .await?)
+}
+
 /// `GET /console/requests`.
 pub async fn list(
     State(state): State<AppState>,
@@ -86,6 +109,16 @@ pub async fn list(
         .as_deref()
         .is_some_and(|v| v == "true" || v == "on");
     let tenants = visible_tenants(&state, &op).await?;
+    // Shown on the first page of an unfiltered or `verifying` listing only.
+    let show_verifying = filters.cursor.is_none()
+        && matches!(status, None | Some(RequestStatus::Verifying))
+        && kind.is_none()
+        && !overdue;
+    let pending = if show_verifying {
+        verifying(&state, &tenants).await?
+    } else {
+        Vec::new()
+    };
     let mut rows: Vec<(RequestSummary, &str)> = Vec::new();
     for (tenant, name) in &tenants {
         let query = ListQuery {
@@ -121,6 +154,29 @@ pub async fn list(
             } }
             label { "Overdue only" input type="checkbox" name="overdue" value="true" checked[overdue]; }
             button type="submit" { "Filter" }
+        }
+        @if !pending.is_empty() {
+            h2 { "Verifying" }
+            p.muted { "Filed in the privacy center; they become requests when the person follows the emailed link, and are purged unfiled when it expires." }
+            table #verifying {
+                thead { tr {
+                    th { "Verification" } @if op.is_admin() { th { "Tenant" } }
+                    th { "Kind" } th { "Status" } th { "Received" } th { "Link expires" }
+                } }
+                tbody {
+                    @for (id, tenant, kind, created, expires) in &pending {
+                        tr data-id=(id) {
+                            td { code { (id) } }
+                            @if op.is_admin() { td { (tenant) } }
+                            td { (kind) }
+                            td { span class="status verifying" { "verifying" } }
+                            td { (layout::when(*created)) }
+                            td { (layout::countdown(*expires, now)) }
+                        }
+                    }
+                }
+            }
+            h2 { "Requests" }
         }
         table #requests {
             thead { tr {

@@ -338,6 +338,7 @@ async fn file(
         planner: &state.planner,
         hasher: &state.hasher,
         outbox: &state.outbox,
+        tenants: &state.tenants,
     };
     let key = format!("privacy-center:{}", pending.id);
     let (accepted, _) = intake

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Matching, check_env_name, placeholders};
+use super::{Matching, Scope, TENANT_PLACEHOLDER, check_env_name, placeholders};
 
 /// The placeholder standing for the id of a record the lookup found.
 pub const RECORD_ID: &str = "id";
@@ -58,6 +58,9 @@ pub struct HttpStore {
     /// The map's normalisation of identities (filled in by [`super::DataMap::parse`]).
     #[serde(skip)]
     pub matching: Matching,
+    /// The map's tenant scope (filled in by [`super::DataMap::parse`]).
+    #[serde(skip)]
+    pub scope: Scope,
 }
 
 impl HttpStore {
@@ -69,13 +72,14 @@ impl HttpStore {
         Duration::from_secs(10)
     }
 
-    /// The identities the lookup searches with (its placeholders, `{id}` aside).
+    /// The identities the lookup searches with (its placeholders, `{id}` and `{tenant}`
+    /// aside).
     pub fn search_kinds(&self) -> BTreeSet<String> {
         self.resolve
             .request
             .placeholders()
             .into_iter()
-            .filter(|p| p != RECORD_ID)
+            .filter(|p| p != RECORD_ID && p != TENANT_PLACEHOLDER)
             .collect()
     }
 }
@@ -375,7 +379,8 @@ pub(super) fn problems(
                                          itself cannot use it"
                                     ));
                                 }
-                            } else {
+                            } else if placeholder != TENANT_PLACEHOLDER {
+                                // `{tenant}` is checked with the map's scope (tenancy).
                                 check_identity(problems, &placeholder, place);
                             }
                         }

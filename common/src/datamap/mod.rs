@@ -15,12 +15,14 @@ use crate::ids::StoreName;
 
 mod http;
 mod normalize;
+mod tenancy;
 
 pub use http::{
     Action, BodyEncoding, FieldCheck, FlagRequests, HttpAuth, HttpStore, Lookup, MAX_PAGES,
     Pagination, RECORD_ID, Rectify, RequestSpec,
 };
 pub use normalize::{Matching, Normalization};
+pub use tenancy::{Scope, TENANT_PLACEHOLDER};
 
 /// The whole map.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +37,10 @@ pub struct DataMap {
     pub normalize: BTreeMap<String, Normalization>,
     /// The region (ISO 3166, `GB`) in which phone numbers written nationally are read.
     pub phone_region: Option<String>,
+    /// Whether tasks touch every row of the subject or only the filing tenant's; `global` when
+    /// absent.
+    #[serde(default)]
+    pub scope: Scope,
     /// The stores by name.
     pub stores: BTreeMap<StoreName, Store>,
 }
@@ -66,6 +72,9 @@ pub struct SqlStore {
     /// The map's normalisation of identities (filled in by [`DataMap::parse`]).
     #[serde(skip)]
     pub matching: Matching,
+    /// The map's tenant scope (filled in by [`DataMap::parse`]).
+    #[serde(skip)]
+    pub scope: Scope,
 }
 
 /// One table.
@@ -95,8 +104,9 @@ pub struct Collection {
     /// Marks a log table, whose old rows retention deletes.
     pub log: Option<LogTable>,
     /// The column naming the tenant (the SaaS company's business customer, by its Lethe tenant
-    /// name) each row's subject belongs to. Only the breach register's census reads it, to
-    /// count affected subjects per tenant; at most one collection per store declares it.
+    /// name) each row belongs to. With `scope = "tenant"`, every statement on the collection
+    /// adds `column = <the filing tenant>`; the breach register's census attributes subjects
+    /// through it (through the first such collection that provides an identity).
     pub tenant: Option<String>,
 }
 
@@ -169,6 +179,9 @@ pub struct RedisStore {
     /// The map's normalisation of identities (filled in by [`DataMap::parse`]).
     #[serde(skip)]
     pub matching: Matching,
+    /// The map's tenant scope (filled in by [`DataMap::parse`]).
+    #[serde(skip)]
+    pub scope: Scope,
 }
 
 /// A Redis set that records a flag by holding the subject's identity.
@@ -198,6 +211,9 @@ pub struct S3Store {
     /// The map's normalisation of identities (filled in by [`DataMap::parse`]).
     #[serde(skip)]
     pub matching: Matching,
+    /// The map's tenant scope (filled in by [`DataMap::parse`]).
+    #[serde(skip)]
+    pub scope: Scope,
 }
 
 /// A data map that cannot be used: every problem found, one per line.
@@ -263,12 +279,25 @@ impl DataMap {
         // Each store carries the map's normalisation, so a connector built from its entry
         // alone compares values as the whole map says.
         let matching = map.matching();
+        let scope = map.scope;
         for store in map.stores.values_mut() {
             match store {
-                Store::Postgres(sql) | Store::Mysql(sql) => sql.matching = matching.clone(),
-                Store::Redis(redis) => redis.matching = matching.clone(),
-                Store::S3(s3) => s3.matching = matching.clone(),
-                Store::Http(http) => http.matching = matching.clone(),
+                Store::Postgres(sql) | Store::Mysql(sql) => {
+                    sql.matching = matching.clone();
+                    sql.scope = scope;
+                }
+                Store::Redis(redis) => {
+                    redis.matching = matching.clone();
+                    redis.scope = scope;
+                }
+                Store::S3(s3) => {
+                    s3.matching = matching.clone();
+                    s3.scope = scope;
+                }
+                Store::Http(http) => {
+                    http.matching = matching.clone();
+                    http.scope = scope;
+                }
             }
         }
         let problems = map.problems();
@@ -330,15 +359,6 @@ impl DataMap {
                         let place = format!("stores.{name}.collections[{i}] ({})", c.table);
                         check_collection(&mut problems, &place, c, &mut check_identity);
                     }
-                    let tenants = sql.collections.iter().filter(|c| c.tenant.is_some());
-                    if tenants.count() > 1 {
-                        // The census attributes every subject of the store through one
-                        // collection; two could attribute the same subject differently.
-                        problems.push(format!(
-                            "stores.{name}: `tenant` is declared on more than one collection; \
-                             declare it once, on the collection that holds the subject's account"
-                        ));
-                    }
                 }
                 Store::Redis(redis) => {
                     check_env_name(
@@ -380,6 +400,7 @@ impl DataMap {
                 }
             }
         }
+        problems.extend(self.tenancy_problems());
         if let Some(cycle) = self.derivation_cycle() {
             problems.push(format!(
                 "identities derive from each other in a cycle: {}",
@@ -558,8 +579,9 @@ fn check_template(
             "{place}: names no identity placeholder like {{user_id}}"
         )),
         Ok(names) => {
-            for name in names {
-                check_identity(problems, &name, place);
+            // `{tenant}` is the filing tenant, not an identity (checked with the scope).
+            for name in names.iter().filter(|n| *n != TENANT_PLACEHOLDER) {
+                check_identity(problems, name, place);
             }
         }
     }
@@ -721,7 +743,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_column_is_declared_once_per_store_and_must_be_a_plain_name() {
+    fn a_tenant_column_must_be_a_plain_name_and_may_be_declared_on_several_collections() {
         let map = |users: &str, invoices: &str| {
             format!(
                 r#"
@@ -747,8 +769,8 @@ mod tests {
             DataMap::parse(&map("tenant = \"company\"", "")).unwrap_or_else(|e| panic!("{e}"));
         let (_, users) = parsed.sql_collections().next().unwrap();
         assert_eq!(users.tenant.as_deref(), Some("company"));
-        let message = problems_of(&map("tenant = \"company\"", "tenant = \"customer\""));
-        assert!(message.contains("more than one collection"), "{message}");
+        DataMap::parse(&map("tenant = \"company\"", "tenant = \"customer\""))
+            .unwrap_or_else(|e| panic!("{e}"));
         let message = problems_of(&map("tenant = \"company; drop\"", ""));
         assert!(message.contains("not a plain SQL identifier"), "{message}");
     }

@@ -127,11 +127,15 @@ impl<B: Backend> SqlConnector<B> {
             .map_err(|f| self.task_error(f))
     }
 
-    pub(crate) async fn resolve(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    pub(crate) async fn resolve(
+        &self,
+        identities: &Identities,
+        tenant: Option<&str>,
+    ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
         let mut session = self.begin().await?;
-        let expanded = expand(&mut session, &plan, identities)
+        let expanded = expand(&mut session, &plan, identities, tenant)
             .await
             .map_err(|f| self.task_error(f))?;
         session
@@ -146,11 +150,15 @@ impl<B: Backend> SqlConnector<B> {
         })
     }
 
-    pub(crate) async fn erase(&self, identities: &Identities) -> Result<TaskReport, TaskError> {
+    pub(crate) async fn erase(
+        &self,
+        identities: &Identities,
+        tenant: Option<&str>,
+    ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
         let mut session = self.begin().await?;
-        let (identities, counts) = erase_in(&mut session, &plan, identities, &self.hasher)
+        let (identities, counts) = erase_in(&mut session, &plan, identities, tenant, &self.hasher)
             .await
             .map_err(|f| self.task_error(f))?;
         session
@@ -161,7 +169,7 @@ impl<B: Backend> SqlConnector<B> {
 
         // Queried again after the commit, in a transaction of its own.
         let mut session = self.begin().await?;
-        let remaining = verify_in(&mut session, &plan, &identities)
+        let remaining = verify_in(&mut session, &plan, &identities, tenant)
             .await
             .map_err(|f| self.task_error(f))?;
         session
@@ -188,12 +196,13 @@ impl<B: Backend> SqlConnector<B> {
     pub(crate) async fn rectify(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         changes: &BTreeMap<String, serde_json::Value>,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
         let mut session = self.begin().await?;
-        let counts = rectify_in(&mut session, &plan, identities, changes)
+        let counts = rectify_in(&mut session, &plan, identities, tenant, changes)
             .await
             .map_err(|f| self.task_error(f))?;
         session
@@ -210,13 +219,14 @@ impl<B: Backend> SqlConnector<B> {
     pub(crate) async fn set_flag(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         flag: Flag,
         value: bool,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
         let plan = self.plan().await?;
         let mut session = self.begin().await?;
-        let counts = flag_in(&mut session, &plan, identities, flag, value)
+        let counts = flag_in(&mut session, &plan, identities, tenant, flag, value)
             .await
             .map_err(|f| self.task_error(f))?;
         session
@@ -235,6 +245,7 @@ impl<B: Backend> SqlConnector<B> {
     pub(crate) async fn collect<K: CollectSink>(
         &self,
         identities: &Identities,
+        tenant: Option<&str>,
         sink: &mut K,
     ) -> Result<TaskReport, TaskError> {
         self.check_size(identities)?;
@@ -245,7 +256,7 @@ impl<B: Backend> SqlConnector<B> {
             .await
             .during("opening a transaction", None)
             .map_err(|f| self.task_error(f))?;
-        let counts = collect_in(&mut session, &plan, identities, sink)
+        let counts = collect_in(&mut session, &plan, identities, tenant, sink)
             .await
             .map_err(|failure| match failure {
                 CollectFailure::Store(f) => self.task_error(f),

@@ -31,6 +31,8 @@ pub(crate) struct CollectionPlan {
     pub(crate) rectify: BTreeMap<String, Target>,
     pub(crate) restrict: Option<String>,
     pub(crate) object: Option<String>,
+    /// Quoted: the column naming each row's tenant, if the collection has one.
+    pub(crate) tenant: Option<String>,
     /// Every column of the table, in table order (what a collect task exports).
     pub(crate) columns: Vec<ColumnInfo>,
     /// The data map's normalisation (phone spellings need its default region).
@@ -242,6 +244,17 @@ pub(crate) fn build_plan(
         };
         let restrict = flag_column(&c.restrict, "restrict");
         let object = flag_column(&c.object, "object");
+        let tenant = c.tenant.as_ref().and_then(|name| {
+            let info = column(name, "tenant")?;
+            if info.family != Family::Text {
+                type_problems.push(format!(
+                    "{place}: column `{name}` (tenant) is {}; it holds tenant names, so it must be text",
+                    info.type_name
+                ));
+                return None;
+            }
+            Some(dialect.ident(&info.name))
+        });
         if let Some(log) = &c.log
             && let Some(info) = column(&log.timestamp, "log timestamp")
             && info.family != Family::Time
@@ -267,6 +280,7 @@ pub(crate) fn build_plan(
             rectify,
             restrict,
             object,
+            tenant,
             columns: columns.clone(),
             matching: matching.clone(),
         });

@@ -104,21 +104,31 @@ impl Sql {
     }
 
     /// `(c1 IN (...) OR c2 IN (...))`, columns qualified with `alias` if given and brought to
-    /// the spelling their identity is normalised to (`lower(email)`, the phone's digits).
+    /// the spelling their identity is normalised to (`lower(email)`, the phone's digits); in a
+    /// tenant-scoped task on a collection with a tenant column, `AND tenant_column = $n` too
+    /// (the tenant's name bound like every value).
     pub(crate) fn push_match(&mut self, matcher: &Matcher, alias: Option<&str>) {
+        let qualified = |column: &str| match alias {
+            Some(alias) => format!("{alias}.{column}"),
+            None => column.to_owned(),
+        };
         self.push("(");
-        for (i, part) in matcher.0.iter().enumerate() {
+        for (i, part) in matcher.parts.iter().enumerate() {
             if i > 0 {
                 self.push(" OR ");
             }
-            let column = match alias {
-                Some(alias) => format!("{alias}.{}", part.column),
-                None => part.column.clone(),
-            };
-            let expression = self.dialect.normalized(&column, part.normalization);
+            let expression = self
+                .dialect
+                .normalized(&qualified(&part.column), part.normalization);
             self.push_in(&expression, &part.values);
         }
         self.push(")");
+        if let Some(tenant) = &matcher.tenant {
+            self.push(" AND ")
+                .push(&qualified(&tenant.column))
+                .push(" = ")
+                .bind(Bind::Text(Some(tenant.name.clone())));
+        }
     }
 
     pub(crate) fn finish(self) -> Statement {
@@ -180,14 +190,34 @@ pub(crate) struct MatchPart {
     pub(crate) values: KeyValues,
 }
 
-/// How a task's values find a collection's rows: per match column, the values to compare.
+/// The tenant condition of a [`Matcher`]: the collection's tenant column must hold the filing
+/// tenant's name.
 #[derive(Debug, Clone)]
-pub(crate) struct Matcher(pub(crate) Vec<MatchPart>);
+pub(crate) struct TenantCondition {
+    /// Quoted.
+    pub(crate) column: String,
+    pub(crate) name: String,
+}
+
+/// How a task's values find a collection's rows: per match column, the values to compare, and
+/// in a tenant-scoped task the tenant the rows must belong to.
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher {
+    pub(crate) parts: Vec<MatchPart>,
+    pub(crate) tenant: Option<TenantCondition>,
+}
 
 impl Matcher {
     /// `None` when the task has no usable value for any identity the collection matches on:
-    /// then the collection holds nothing of the subject as far as this task can tell.
-    pub(crate) fn new(collection: &CollectionPlan, identities: &Identities) -> Option<Self> {
+    /// then the collection holds nothing of the subject as far as this task can tell. `tenant`
+    /// is the task's tenant in a tenant-scoped deployment (`None` in a global one); it
+    /// confines collections that have a tenant column, while the others are found by values
+    /// that tenant-scoped rows provided (the data map check makes sure of it).
+    pub(crate) fn new(
+        collection: &CollectionPlan,
+        identities: &Identities,
+        tenant: Option<&str>,
+    ) -> Option<Self> {
         let parts: Vec<MatchPart> = collection
             .matches
             .iter()
@@ -206,7 +236,15 @@ impl Matcher {
                 })
             })
             .collect();
-        (!parts.is_empty()).then_some(Self(parts))
+        let tenant = collection
+            .tenant
+            .as_ref()
+            .zip(tenant)
+            .map(|(column, name)| TenantCondition {
+                column: column.clone(),
+                name: name.to_owned(),
+            });
+        (!parts.is_empty()).then_some(Self { parts, tenant })
     }
 }
 

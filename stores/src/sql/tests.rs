@@ -7,7 +7,7 @@ use super::dialect::Dialect;
 use super::plan::build_plan;
 use super::queries::log_statements;
 use super::schema::{ColumnInfo, Family, LiveSchema};
-use super::statement::{Bind, KeyValues, MatchPart, Matcher, Sql, Statement};
+use super::statement::{Bind, KeyValues, MatchPart, Matcher, Sql, Statement, TenantCondition};
 
 fn column(name: &str, type_name: &str, family: Family, nullable: bool) -> ColumnInfo {
     ColumnInfo {
@@ -199,18 +199,21 @@ fn integer_columns_only_meet_canonical_integers() {
 }
 
 fn delete_statement(dialect: Dialect) -> Statement {
-    let matcher = Matcher(vec![
-        MatchPart {
-            column: dialect.ident("email"),
-            normalization: Normalization::Email,
-            values: KeyValues::Texts(vec!["a".into(), "b".into()]),
-        },
-        MatchPart {
-            column: dialect.ident("user_id"),
-            normalization: Normalization::None,
-            values: KeyValues::Ints(vec![7]),
-        },
-    ]);
+    let matcher = Matcher {
+        parts: vec![
+            MatchPart {
+                column: dialect.ident("email"),
+                normalization: Normalization::Email,
+                values: KeyValues::Texts(vec!["a".into(), "b".into()]),
+            },
+            MatchPart {
+                column: dialect.ident("user_id"),
+                normalization: Normalization::None,
+                values: KeyValues::Ints(vec![7]),
+            },
+        ],
+        tenant: None,
+    };
     let mut sql = Sql::new(dialect);
     sql.push("DELETE FROM ")
         .push(&dialect.table("app.users"))
@@ -284,6 +287,40 @@ fn values_are_bound_never_spliced_in_either_dialect() {
 }
 
 #[test]
+fn a_tenant_scoped_match_binds_the_tenant_on_the_tenant_column() {
+    for (dialect, expected) in [
+        (
+            Dialect::Postgres,
+            r#"(lethe_t."email" = ANY($1)) AND lethe_t."company" = $2"#,
+        ),
+        (
+            Dialect::Mysql,
+            "(lethe_t.`email` IN (?)) AND lethe_t.`company` = ?",
+        ),
+    ] {
+        let matcher = Matcher {
+            parts: vec![MatchPart {
+                column: dialect.ident("email"),
+                normalization: Normalization::None,
+                values: KeyValues::Texts(vec!["a".into()]),
+            }],
+            tenant: Some(TenantCondition {
+                column: dialect.ident("company"),
+                name: "Acme; DROP TABLE users".into(),
+            }),
+        };
+        let mut sql = Sql::new(dialect);
+        sql.push_match(&matcher, Some("lethe_t"));
+        let statement = sql.finish();
+        assert_eq!(statement.sql, expected);
+        assert_eq!(
+            statement.binds.last(),
+            Some(&Bind::Text(Some("Acme; DROP TABLE users".into())))
+        );
+    }
+}
+
+#[test]
 fn masked_values_are_recognised_so_masks_apply_once() {
     assert_eq!(
         Dialect::Postgres.masked("\"c\"", Mask::Hash),
@@ -328,7 +365,7 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
         ("phone".to_owned(), vec!["020 7946 0000".to_owned()]),
         ("email".to_owned(), vec!["Ada@Example.COM".to_owned()]),
     ]);
-    let matcher = Matcher::new(users, &identities).unwrap_or_else(|| panic!("no matcher"));
+    let matcher = Matcher::new(users, &identities, None).unwrap_or_else(|| panic!("no matcher"));
     for dialect in [Dialect::Postgres, Dialect::Mysql] {
         let mut sql = Sql::new(dialect);
         sql.push_match(&matcher, None);
@@ -336,7 +373,7 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
         assert!(text.contains("'[^0-9+]'"), "{text}");
     }
     let phone = matcher
-        .0
+        .parts
         .iter()
         .find(|p| p.normalization == Normalization::Phone)
         .unwrap_or_else(|| panic!("no phone part"));
@@ -346,7 +383,7 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
     assert!(spellings.iter().any(|s| s == "+442079460000"));
     assert!(spellings.iter().any(|s| s == "02079460000"));
     let email = matcher
-        .0
+        .parts
         .iter()
         .find(|p| p.normalization == Normalization::Email)
         .unwrap_or_else(|| panic!("no email part"));

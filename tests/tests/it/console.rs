@@ -169,6 +169,26 @@ async fn console_an_admin_watches_an_erasure_complete_live_sees_its_receipt_chec
     // Every page and asset answers with the security headers, and none with a 5xx.
     let console = ConsoleClient::login(&api, &deployment.key).await?;
     check_pages(&console, &id).await?;
+
+    // The backups page shows the next runs as the daemons planned them (schedules are off in
+    // the tests' configuration).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, _, page) = console.get("/console/backups").await?;
+        let retention = page.split("id=\"next-retention\"").nth(1).unwrap_or("");
+        let stores_planned = page
+            .split("id=\"never-backed-up\"")
+            .nth(1)
+            .is_some_and(|p| p.contains("off (on demand only)"));
+        if retention.contains("off (on demand only)") && stores_planned {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the backups page shows no planned runs"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }
 
@@ -374,6 +394,22 @@ async fn privacy_center_an_unverified_request_expires_and_a_form_without_its_csr
         .fetch_one(&deployment.ledger)
         .await?;
     ensure!(waiting == 1, "{waiting} verifications wait");
+    // The operator sees it as `verifying` in the requests list, without the address.
+    let admin = ConsoleClient::login(&api, &deployment.key).await?;
+    let (status, _, list) = admin.get("/console/requests").await?;
+    ensure!(status == 200, "the requests list answered {status}");
+    let verifying = list
+        .split("id=\"verifying\"")
+        .nth(1)
+        .context("no verifying table in the requests list")?;
+    ensure!(
+        verifying.contains("erasure") && verifying.contains("status verifying"),
+        "the verifying request is not listed"
+    );
+    ensure!(
+        !list.contains("expires@example.net"),
+        "the console shows the address"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM privacy_verification")

@@ -28,6 +28,7 @@ mod retention;
 mod sample;
 mod ssrf;
 mod support;
+mod tenancy;
 mod traces;
 mod versioned;
 mod worker_loop;

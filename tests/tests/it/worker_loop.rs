@@ -81,6 +81,7 @@ impl Bench {
             task: TaskKind::Erase,
             store: Some(self.store.clone()),
             identities: Default::default(),
+            tenant: None,
             params: serde_json::Value::Null,
             generation: 0,
             issued_at: Utc::now(),

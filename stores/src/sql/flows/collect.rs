@@ -41,14 +41,15 @@ pub(crate) async fn collect_in<S: Session, K: CollectSink>(
     session: &mut S,
     plan: &Plan,
     given: &Identities,
+    tenant: Option<&str>,
     sink: &mut K,
 ) -> Result<BTreeMap<String, u64>, CollectFailure> {
-    let identities = expand(session, plan, given).await?.all;
+    let identities = expand(session, plan, given, tenant).await?.all;
     let mut counts = BTreeMap::new();
     for collection in &plan.collections {
         sink.begin(&collection.name).await?;
         let mut rows = 0u64;
-        if let Some(matcher) = Matcher::new(collection, &identities) {
+        if let Some(matcher) = Matcher::new(collection, &identities, tenant) {
             let statement = queries::select_json(S::DIALECT, collection, &matcher);
             let mut stream = session.json_rows(&statement);
             while let Some(row) = stream.next().await {

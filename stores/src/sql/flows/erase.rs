@@ -21,9 +21,10 @@ pub(crate) async fn erase_in<S: Session>(
     session: &mut S,
     plan: &Plan,
     given: &Identities,
+    tenant: Option<&str>,
     hasher: &IdentityHasher,
 ) -> Result<(Identities, BTreeMap<String, u64>), Failure> {
-    let identities = expand(session, plan, given).await?.all;
+    let identities = expand(session, plan, given, tenant).await?.all;
     let dialect = S::DIALECT;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for collection in &plan.collections {
@@ -36,7 +37,7 @@ pub(crate) async fn erase_in<S: Session>(
         let ErasePlan::Mask(masks) = &collection.erase else {
             continue;
         };
-        let Some(matcher) = Matcher::new(collection, &identities) else {
+        let Some(matcher) = Matcher::new(collection, &identities, tenant) else {
             continue;
         };
         let name = Some(collection.name.as_str());
@@ -74,7 +75,7 @@ pub(crate) async fn erase_in<S: Session>(
 
     for &index in &plan.delete_order {
         let collection = &plan.collections[index];
-        let Some(matcher) = Matcher::new(collection, &identities) else {
+        let Some(matcher) = Matcher::new(collection, &identities, tenant) else {
             continue;
         };
         let deleted = session

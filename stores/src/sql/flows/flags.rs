@@ -16,10 +16,11 @@ pub(crate) async fn flag_in<S: Session>(
     session: &mut S,
     plan: &Plan,
     given: &Identities,
+    tenant: Option<&str>,
     flag: Flag,
     value: bool,
 ) -> Result<BTreeMap<String, u64>, Failure> {
-    let identities = expand(session, plan, given).await?.all;
+    let identities = expand(session, plan, given, tenant).await?.all;
     let mut counts = BTreeMap::new();
     for collection in &plan.collections {
         let column = match flag {
@@ -27,7 +28,7 @@ pub(crate) async fn flag_in<S: Session>(
             Flag::Object => &collection.object,
         };
         let Some(column) = column else { continue };
-        let Some(matcher) = Matcher::new(collection, &identities) else {
+        let Some(matcher) = Matcher::new(collection, &identities, tenant) else {
             counts.insert(collection.name.clone(), 0);
             continue;
         };

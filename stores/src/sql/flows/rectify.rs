@@ -15,10 +15,11 @@ pub(crate) async fn rectify_in<S: Session>(
     session: &mut S,
     plan: &Plan,
     given: &Identities,
+    tenant: Option<&str>,
     changes: &BTreeMap<String, serde_json::Value>,
 ) -> Result<BTreeMap<String, u64>, Failure> {
     let dialect = S::DIALECT;
-    let identities = expand(session, plan, given).await?.all;
+    let identities = expand(session, plan, given, tenant).await?.all;
     let mut counts = BTreeMap::new();
     for collection in &plan.collections {
         let targets: Vec<(&Target, Option<String>)> = changes
@@ -33,7 +34,7 @@ pub(crate) async fn rectify_in<S: Session>(
         if targets.is_empty() {
             continue;
         }
-        let Some(matcher) = Matcher::new(collection, &identities) else {
+        let Some(matcher) = Matcher::new(collection, &identities, tenant) else {
             counts.insert(collection.name.clone(), 0);
             continue;
         };

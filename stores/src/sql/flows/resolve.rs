@@ -27,11 +27,12 @@ pub(crate) struct Expanded {
 }
 
 /// Follows the store's derivations (`users.email -> users.id`) from `given` until nothing new
-/// appears.
+/// appears, within `tenant`'s rows in a tenant-scoped task.
 pub(crate) async fn expand<S: Session>(
     session: &mut S,
     plan: &Plan,
     given: &Identities,
+    tenant: Option<&str>,
 ) -> Result<Expanded, Failure> {
     let mut all: BTreeMap<String, BTreeSet<String>> = given
         .iter()
@@ -59,7 +60,7 @@ pub(crate) async fn expand<S: Session>(
                 // A row found by its only identity yields nothing the search did not know.
                 continue;
             }
-            let Some(matcher) = Matcher::new(collection, &current) else {
+            let Some(matcher) = Matcher::new(collection, &current, tenant) else {
                 counts.insert(collection.name.clone(), 0);
                 continue;
             };

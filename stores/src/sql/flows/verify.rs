@@ -11,11 +11,13 @@ use crate::sql::statement::Matcher;
 
 /// Matches left per collection: rows of `delete` collections still matching, rows of masked
 /// collections whose masked columns do not hold what the mask writes. Retained collections
-/// legitimately keep their rows and are not counted.
+/// legitimately keep their rows and are not counted. Only `tenant`'s rows count in a
+/// tenant-scoped task: another tenant's subject of the same email is not this erasure's.
 pub(crate) async fn verify_in<S: Session>(
     session: &mut S,
     plan: &Plan,
     identities: &Identities,
+    tenant: Option<&str>,
 ) -> Result<BTreeMap<String, u64>, Failure> {
     let mut remaining = BTreeMap::new();
     for collection in &plan.collections {
@@ -25,7 +27,7 @@ pub(crate) async fn verify_in<S: Session>(
             ErasePlan::Delete => None,
             ErasePlan::Mask(masks) => Some(masks.as_slice()),
         };
-        let Some(matcher) = Matcher::new(collection, identities) else {
+        let Some(matcher) = Matcher::new(collection, identities, tenant) else {
             continue;
         };
         let statement = queries::count_remaining(S::DIALECT, collection, &matcher, unmasked);
