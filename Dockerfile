@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # One image holds every Lethe binary: lethe-api, lethe-eraser, lethe-exporter, lethe-backup,
-# lethe-retention and the sample seeder lethe-seed. Each service chooses its command.
+# lethe-retention, the sample seeder lethe-seed and the sample payment processor
+# lethe-sample-processor. Each service chooses its command.
 #
 #   docker build -t lethe:local .
 #   docker run --rm -v "$PWD/config:/etc/lethe:ro" lethe:local lethe-eraser
@@ -26,7 +27,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins \
         -p lethe-api -p lethe-eraser -p lethe-exporter -p lethe-backup -p lethe-retention -p lethe-sample \
     && mkdir -p /out \
-    && for bin in lethe-api lethe-eraser lethe-exporter lethe-backup lethe-retention lethe-seed; do \
+    && for bin in lethe-api lethe-eraser lethe-exporter lethe-backup lethe-retention lethe-seed lethe-sample-processor; do \
            cp "target/release/$bin" /out/; \
        done \
     && ls -l /out
@@ -46,6 +47,7 @@ ENV LETHE_CONFIG=/etc/lethe/lethe.toml \
     LETHE__TELEMETRY__FORMAT=json
 USER lethe
 WORKDIR /var/lib/lethe
-# api, eraser, exporter, backup, retention (each daemon's /healthz; the api also serves the API).
-EXPOSE 8080 9181 9182 9183 9184
+# api, eraser, exporter, backup, retention (each daemon's /healthz; the api also serves the API),
+# and the sample processor's API.
+EXPOSE 8080 9181 9182 9183 9184 8090
 CMD ["lethe-api"]

@@ -244,6 +244,10 @@ impl Planner {
                         .collections
                         .iter()
                         .any(|c| c.rectify.keys().any(|field| changes.contains(field))),
+                    Store::Http(http) => http
+                        .rectify
+                        .as_ref()
+                        .is_some_and(|r| r.fields.keys().any(|field| changes.contains(field))),
                     _ => false,
                 }),
             ),
@@ -260,6 +264,7 @@ impl Planner {
                             sql.collections.iter().any(|c| c.restrict.is_some())
                         }
                         Store::Redis(redis) => redis.restrict.is_some(),
+                        Store::Http(http) => http.restrict.is_some(),
                         Store::S3(_) => false,
                     }),
                 )
@@ -277,6 +282,7 @@ impl Planner {
                             sql.collections.iter().any(|c| c.object.is_some())
                         }
                         Store::Redis(redis) => redis.object.is_some(),
+                        Store::Http(http) => http.object.is_some(),
                         Store::S3(_) => false,
                     }),
                 )

@@ -531,17 +531,20 @@ fn target_store(
             s3.prefixes = s3.prefixes.iter().map(|p| format!("{prefix}{p}")).collect();
             Store::S3(s3)
         }
-        (entry, _) => anyhow::bail!(
-            "a {} store is restored into {}",
-            Kind::of(entry).as_str(),
-            match Kind::of(entry) {
-                Kind::Postgres | Kind::Mysql =>
-                    "a database whose URL is in a variable: --target env:VAR",
-                Kind::Redis =>
-                    "a directory (restore) or a server whose URL is in a variable (replay): --target env:VAR",
-                Kind::S3 => "a bucket: --target s3://bucket[/prefix/]",
-            }
-        ),
+        (entry, _) => {
+            let kind = Kind::of(entry)?;
+            anyhow::bail!(
+                "a {} store is restored into {}",
+                kind.as_str(),
+                match kind {
+                    Kind::Postgres | Kind::Mysql =>
+                        "a database whose URL is in a variable: --target env:VAR",
+                    Kind::Redis =>
+                        "a directory (restore) or a server whose URL is in a variable (replay): --target env:VAR",
+                    Kind::S3 => "a bucket: --target s3://bucket[/prefix/]",
+                }
+            )
+        }
     };
     let connection = stores::connect(store, &pointed, settings)?;
     let url = stores::store_url(store, &pointed, settings)?;
@@ -629,7 +632,7 @@ pub async fn restore(
         let entry = map.stores.get(&store).ok_or_else(|| {
             anyhow::anyhow!("store `{store}` of backup {id} is not in the data map")
         })?;
-        (store, Kind::of(entry))
+        (store, Kind::of(entry)?)
     };
     // Read (and decrypt) what will be replayed before anything is restored: a tombstone that
     // cannot be read stops the restore before it writes.

@@ -60,10 +60,19 @@ impl Plan {
             backups.seipd,
         )?);
         let map = DataMap::load(&settings.data_map_path()?)?;
+        // Every store but the processors reached over HTTP (they are not Lethe's to back up),
+        // unless `backup.stores` names some; and the ledger itself.
+        let data_stores: Vec<String> = map
+            .stores
+            .iter()
+            .filter(|(_, store)| !matches!(store, lethe_common::datamap::Store::Http(_)))
+            .map(|(name, _)| name.to_string())
+            .collect();
         let mut stores = match crate::ledger::data_stores(&worker.stores) {
             Some(named) if named.is_empty() => Vec::new(),
             Some(named) => stores::served(&map, &named, settings)?,
-            None => stores::served(&map, &[], settings)?,
+            None if data_stores.is_empty() => Vec::new(),
+            None => stores::served(&map, &data_stores, settings)?,
         };
         if crate::ledger::wanted(&worker.stores) {
             stores.push(crate::ledger::served(settings)?);
@@ -303,7 +312,7 @@ impl Backups {
         cancel: &CancellationToken,
     ) -> anyhow::Result<Summary> {
         self.clean_up_abandoned(&served.name).await;
-        let kind = Kind::of(&served.store);
+        let kind = Kind::of(&served.store)?;
         let tool_version = match kind.program(&self.settings.tools) {
             Some(program) => crate::tools::version(&program).await?,
             None => format!("lethe-backup {}", env!("CARGO_PKG_VERSION")),

@@ -45,14 +45,16 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of a data-map store.
-    pub fn of(store: &Store) -> Self {
-        match store {
+    /// The kind of a data-map store; a processor reached over HTTP is not backed up (its data
+    /// is the processor's to keep).
+    pub fn of(store: &Store) -> anyhow::Result<Self> {
+        Ok(match store {
             Store::Postgres(_) => Kind::Postgres,
             Store::Mysql(_) => Kind::Mysql,
             Store::Redis(_) => Kind::Redis,
             Store::S3(_) => Kind::S3,
-        }
+            Store::Http(_) => anyhow::bail!("a processor reached over HTTP is not backed up"),
+        })
     }
 
     /// As the data map writes it.
@@ -120,7 +122,7 @@ pub fn start(
     tools: &BackupTools,
     tx: mpsc::Sender<Chunk>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
-    let kind = Kind::of(&served.store);
+    let kind = Kind::of(&served.store)?;
     match kind {
         Kind::Postgres => {
             let invocation = tools::postgres(store_url(served)?)?;

@@ -145,6 +145,11 @@ fn places(map: &DataMap) -> Vec<Place> {
             }
             Store::Redis(redis) => out.extend(redis.keys.iter().map(|t| template(name, t))),
             Store::S3(s3) => out.extend(s3.prefixes.iter().map(|t| template(name, t))),
+            Store::Http(http) => out.push(Place {
+                store: name.clone(),
+                name: http.resolve.name.clone(),
+                needs: Needs::All(http.search_kinds()),
+            }),
         }
     }
     out

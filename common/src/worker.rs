@@ -54,6 +54,13 @@ pub enum TaskError {
     },
 }
 
+/// The delay a store asked for before it is tried again (a processor's `Retry-After`). Put in
+/// the cause chain of a [`TaskError::Transient`], it replaces the loop's backoff for that
+/// delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store asked to be tried again in {} ms", .0.as_millis())]
+pub struct RetryAfter(pub Duration);
+
 /// Does the work of one task. Implementations must be idempotent: JetStream delivers a task
 /// again whenever its acknowledgement did not arrive.
 pub trait Handler: Send + Sync + 'static {
@@ -527,12 +534,16 @@ impl<H: Handler> Consume for H {
                         Settle::Term { outcome: "failed" },
                     )
                 } else {
+                    let after = error
+                        .chain()
+                        .find_map(|e| e.downcast_ref::<RetryAfter>())
+                        .map(|r| r.0);
                     (
                         None,
                         Settle::Retry {
                             outcome: "retry",
                             error,
-                            after: None,
+                            after,
                         },
                     )
                 }

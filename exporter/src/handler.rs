@@ -38,6 +38,7 @@ fn kind_of(store: &Store) -> &'static str {
         Store::Mysql(_) => "mysql",
         Store::Redis(_) => "redis",
         Store::S3(_) => "s3",
+        Store::Http(_) => "http",
     }
 }
 

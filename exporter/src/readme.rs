@@ -22,6 +22,7 @@ fn kind_text(kind: &str) -> &'static str {
         "mysql" => "a MySQL/MariaDB database",
         "redis" => "a Redis key-value store",
         "s3" => "a file storage bucket",
+        "http" => "a service we pass your data to, asked through its API",
         _ => "a data store",
     }
 }
@@ -100,6 +101,7 @@ pub(crate) fn render(
                 Some(stem) => {
                     let what = match fragment.kind.as_str() {
                         "redis" => format!("keys named `{}`", collection.name),
+                        "http" => format!("the service's `{}`", collection.name),
                         _ => format!("table `{}`", collection.name),
                     };
                     let _ = writeln!(
@@ -123,6 +125,20 @@ pub(crate) fn render(
                 }
                 "s3" => {
                     let _ = writeln!(text, "      On an erasure request these files are deleted.");
+                }
+                "http" => {
+                    // Only the lookup's records are erased; the others the service keeps under
+                    // its own obligations (a payment processor's charges, say).
+                    let erased = matches!(store.store, Some(Store::Http(http)) if http.resolve.name == collection.name);
+                    let _ = writeln!(
+                        text,
+                        "      {}",
+                        if erased {
+                            "On an erasure request we ask the service to delete these records."
+                        } else {
+                            "The service keeps these records under its own obligations."
+                        }
+                    );
                 }
                 _ => {}
             }

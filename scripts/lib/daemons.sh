@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# The Lethe side of the local stack: build the binaries, seed the sample stores, the demo API
-# key, and the five daemons (start, health, stop).
+# The Lethe side of the local stack: build the binaries, seed the sample stores, the sample
+# payment processor, the demo API key, and the five daemons (start, health, stop).
 
 LETHE_DAEMONS=(api eraser exporter backup retention)
 LETHE_PROFILE=${LETHE_PROFILE:-release}
@@ -98,10 +98,58 @@ seed_sample_data() {
   fi
   printf '%s\n' "$counts" >>"$log"
   rm -f "$LETHE_RUN"/seeded-*
+  # The processor seeds its own store when it finds none: drop the other run's.
+  stop_processor
+  rm -f "$PROCESSOR_DATA"
   : >"$marker"
   total=$(awk '$1 == "total" { print $NF }' <<<"$counts")
   info "sample data: seeded${total:+ $total records}; counts per store in $log"
 }
+
+# --- the sample payment processor (the data map's `payments` store, kind "http") -------------
+
+PROCESSOR_DATA=$LETHE_RUN/processor.json
+
+# processor_url: where it listens, from PAYMENTS_API_URL (config/local.env).
+processor_url() { printf '%s\n' "${PAYMENTS_API_URL:-http://127.0.0.1:8090}"; }
+
+processor_up() { http_ok "$(processor_url)/healthz"; }
+
+# start_processor: lethe-sample-processor on PAYMENTS_API_URL's port with its own store (a JSON
+# file in $LETHE_RUN), seeded with the sample subjects the first time; PAYMENTS_API_KEY is the
+# secret key it asks callers for.
+start_processor() {
+  local exe=lethe-sample-processor bin pidfile=$LETHE_RUN/lethe-sample-processor.pid pid
+  local log=$LETHE_LOGS/lethe-sample-processor.log url listen
+  bin=$(require_bin "$exe")
+  url=$(processor_url)
+  listen=${url#*://}
+  listen=${listen%%/*}
+  pid=$(read_pid "$pidfile")
+  if [[ -n $pid ]] && pid_runs "$pid" "$exe"; then
+    if [[ $bin -nt $pidfile ]]; then
+      info "$exe: rebuilt since it started; restarting (pid $pid)"
+      stop_pid "$pid" "$exe"
+    else
+      info "$exe: running (pid $pid)"
+      return 0
+    fi
+  elif processor_up; then
+    info "$exe: $url already answers (not started by scripts/stack); leaving it"
+    rm -f "$pidfile"
+    return 0
+  fi
+  printf '=== %s: starting %s on %s\n' "$(date -u +%FT%TZ)" "$bin" "$listen" >>"$log"
+  spawn "$pidfile" "$log" env LETHE_PROCESSOR_API_KEY="${PAYMENTS_API_KEY:-}" "$bin" \
+    --listen "$listen" --data "$PROCESSOR_DATA" --subjects "$(seed_subjects)" --seed "$(seed_value)"
+  if ! wait_until 30 processor_up; then
+    show_log_tail "$log"
+    die "$exe did not answer $url/healthz; see $log"
+  fi
+  info "$exe: started (pid $(read_pid "$pidfile"), $url, log: $log)"
+}
+
+stop_processor() { stop_own lethe-sample-processor lethe-sample-processor lethe-sample-processor; }
 
 # subject_email INDEX: the e-mail address of a seeded subject (the seeder computes it, offline).
 subject_email() {
@@ -250,6 +298,7 @@ print_summary() {
 
 Lethe is running.
   API:      $api  (/healthz, /readyz, /metrics, /openapi.json)
+  Payments: $(processor_url)  (the sample processor, the data map's fifth store)
   API key:  $DEMO_API_KEY  (tenant "demo"; kept in $LETHE_RUN/demo-api-key)
   Logs:     $LETHE_LOGS/
 
@@ -273,4 +322,5 @@ stop_daemons() {
     name=lethe-${LETHE_DAEMONS[i]}
     stop_own "$name" "$name" "$name"
   done
+  stop_processor
 }

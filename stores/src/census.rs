@@ -198,6 +198,11 @@ pub async fn count(served: &ServedStore) -> CensusReply {
             "key-value and object stores are not counted: their keys name subjects but no tenant",
             None,
         ),
+        (Store::Http(_), _) => uncounted(
+            store,
+            "processors are not counted: counting would mean listing every customer of the service",
+            None,
+        ),
         _ => uncounted(
             store,
             "not counted",

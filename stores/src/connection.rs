@@ -61,6 +61,8 @@ pub enum StoreConnection {
     Redis(RedisHandle),
     /// S3.
     S3(aws_sdk_s3::Client),
+    /// A processor's HTTP API.
+    Http(crate::http::HttpHandle),
 }
 
 /// A Redis client whose connection manager is created on first use.
@@ -153,6 +155,11 @@ pub fn connect(
         Store::S3(s3) => Ok(StoreConnection::S3(lethe_common::s3::client(&s3_settings(
             name, s3, settings,
         )?))),
+        Store::Http(http) => Ok(StoreConnection::Http(crate::http::HttpHandle::new(
+            name,
+            http,
+            &|variable, key| require(settings, name, variable, key),
+        )?)),
     }
 }
 
@@ -230,6 +237,7 @@ impl StoreConnection {
                 .map(drop)
                 .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
             (StoreConnection::S3(_), _) => Err("store kind mismatch".to_owned()),
+            (StoreConnection::Http(handle), _) => handle.ping().await,
         }
     }
 }
@@ -259,7 +267,8 @@ pub fn store_url(
         | Store::Redis(RedisStore { url_env, .. }) => {
             require(settings, name, url_env, "url_env").map(Some)
         }
-        Store::S3(_) => Ok(None),
+        // A processor is no database: nothing to dump or restore from a URL.
+        Store::S3(_) | Store::Http(_) => Ok(None),
     }
 }
 

@@ -12,7 +12,7 @@ use lethe_common::worker::TaskError;
 
 use crate::connection::{ServedStore, StoreConnection};
 use crate::values::with_tenant;
-use crate::{redis, s3, sql};
+use crate::{http, redis, s3, sql};
 
 /// Which processing flag a restriction-family task sets or lifts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,7 @@ enum Inner {
     Mysql(sql::SqlConnector<sql::mysql::MySqlBackend>),
     Redis(Box<redis::RedisConnector>),
     S3(Box<s3::S3Connector>),
+    Http(Box<http::HttpConnector>),
 }
 
 impl Connector {
@@ -103,6 +104,7 @@ impl Connector {
             Store::Postgres(sql) | Store::Mysql(sql) => sql.scope,
             Store::Redis(spec) => spec.scope,
             Store::S3(spec) => spec.scope,
+            Store::Http(spec) => spec.scope,
         };
         let inner = match (&served.store, &served.connection) {
             (Store::Postgres(sql), StoreConnection::Postgres(pool)) => {
@@ -128,6 +130,9 @@ impl Connector {
             )),
             (Store::S3(spec), StoreConnection::S3(client)) => Inner::S3(Box::new(
                 s3::S3Connector::new(store.clone(), client.clone(), spec.clone()),
+            )),
+            (Store::Http(spec), StoreConnection::Http(handle)) => Inner::Http(Box::new(
+                http::HttpConnector::new(store.clone(), handle.clone(), (**spec).clone()),
             )),
             _ => return Err(KindMismatch(store)),
         };
@@ -168,7 +173,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.check_schema().await,
             Inner::Mysql(c) => c.check_schema().await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(SchemaCheck::Fits),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(SchemaCheck::Fits),
         }
     }
 
@@ -188,7 +193,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.resolve(identities, tenant).await,
             Inner::Mysql(c) => c.resolve(identities, tenant).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(TaskReport::default()),
         }
     }
 
@@ -212,6 +217,7 @@ impl Connector {
             Inner::Mysql(c) => c.erase(identities, tenant, dry_run).await,
             Inner::Redis(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
             Inner::S3(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
+            Inner::Http(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
         }
     }
 
@@ -230,6 +236,10 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.rectify(identities, tenant, changes, dry_run).await,
             Inner::Mysql(c) => c.rectify(identities, tenant, changes, dry_run).await,
+            Inner::Http(c) => {
+                c.rectify(&with_tenant(identities, tenant), changes, dry_run)
+                    .await
+            }
             Inner::Redis(_) | Inner::S3(_) => Ok(TaskReport::default()),
         }
     }
@@ -250,6 +260,10 @@ impl Connector {
             Inner::Postgres(c) => c.set_flag(identities, tenant, flag, value, dry_run).await,
             Inner::Mysql(c) => c.set_flag(identities, tenant, flag, value, dry_run).await,
             Inner::Redis(c) => {
+                c.set_flag(&with_tenant(identities, tenant), flag, value, dry_run)
+                    .await
+            }
+            Inner::Http(c) => {
                 c.set_flag(&with_tenant(identities, tenant), flag, value, dry_run)
                     .await
             }
@@ -275,6 +289,7 @@ impl Connector {
             Inner::Mysql(c) => c.collect(identities, tenant, sink).await,
             Inner::Redis(c) => c.collect(&with_tenant(identities, tenant), sink).await,
             Inner::S3(c) => c.collect(&with_tenant(identities, tenant), sink).await,
+            Inner::Http(c) => c.collect(&with_tenant(identities, tenant), sink).await,
         }
     }
 }
@@ -296,7 +311,7 @@ impl Connector {
         let tables = match &self.inner {
             Inner::Postgres(c) => c.log_tables(),
             Inner::Mysql(c) => c.log_tables(),
-            Inner::Redis(_) | Inner::S3(_) => Vec::new(),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Vec::new(),
         };
         tables
             .into_iter()
@@ -320,7 +335,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.delete_log_batch(table, before, batch).await,
             Inner::Mysql(c) => c.delete_log_batch(table, before, batch).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(0),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(0),
         }
     }
 
@@ -333,7 +348,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.count_log_rows(table, before).await,
             Inner::Mysql(c) => c.count_log_rows(table, before).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(0),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(0),
         }
     }
 
@@ -345,7 +360,7 @@ impl Connector {
         match &self.inner {
             Inner::Postgres(c) => c.oldest_log_row(table).await,
             Inner::Mysql(c) => c.oldest_log_row(table).await,
-            Inner::Redis(_) | Inner::S3(_) => Ok(None),
+            Inner::Redis(_) | Inner::S3(_) | Inner::Http(_) => Ok(None),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - **Redis**: the data map's key templates rendered for every combination of the task's
 //!   values; erasure `UNLINK`s them in one atomic pipeline (no `SCAN`).
 //! - **S3**: every object under the rendered prefixes, deleted 1,000 per request.
+//! - **HTTP** (processors): the data map's requests, per record the lookup finds; the lookup
+//!   made again after an erasure.
 //!
 //! A collect task finds the subject's records exactly as an erasure would (the same
 //! derivations, the same `WHERE`, the same key and prefix renderings) and streams them into a
@@ -36,6 +38,7 @@
 //! | `sql/` | PostgreSQL and MariaDB: statements, live schema and plan, sessions, one module per flow |
 //! | `redis` | Redis: key templates, `UNLINK` pipelines, flag keys, collect |
 //! | `s3` | S3: prefixes, batch deletes, collect by reference |
+//! | `http/` | processors' HTTP APIs: client (credentials, pacing, `Retry-After`), request templates, lookups, flows |
 //! | `census` | the breach register's per-tenant subject counts |
 //! | `discovery` | live catalogs, Redis keys and S3 listings, sampled, for `datamap suggest` and `datamap check` |
 //! | `values` | a task's identity values: usable values, template renderings, bounds |
@@ -44,6 +47,7 @@ pub mod census;
 pub mod connection;
 mod connector;
 pub mod discovery;
+mod http;
 mod redis;
 mod s3;
 mod sql;
@@ -54,3 +58,4 @@ pub use connection::{connect, readiness, served, store_url};
 pub use connector::{
     CollectSink, Connector, Flag, KindMismatch, LogTableRef, SchemaCheck, SourceObject,
 };
+pub use http::HttpHandle;

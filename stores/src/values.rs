@@ -55,13 +55,30 @@ pub(crate) fn with_tenant<'a>(
 /// Every rendering of `template` with the task's values: one per combination of the values of
 /// its placeholders. Empty if a placeholder has no usable value.
 pub(crate) fn render_all(template: &str, identities: &Identities) -> Vec<String> {
-    let Ok(mut names) = placeholders(template) else {
+    let Ok(names) = placeholders(template) else {
         return Vec::new();
     };
-    names.sort();
+    let mut rendered: Vec<String> = combinations(&names, identities)
+        .iter()
+        .filter_map(|values| render(template, values))
+        .collect();
+    rendered.sort();
+    rendered.dedup();
+    rendered
+}
+
+/// Every combination of the usable values of the identities `names` (one value each). Empty if
+/// one of them has no usable value; a single empty combination when `names` is empty. Stops
+/// growing past [`MAX_VALUES`] (callers refuse that many).
+pub(crate) fn combinations<'a>(
+    names: &'a [String],
+    identities: &'a Identities,
+) -> Vec<BTreeMap<&'a str, &'a str>> {
+    let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+    names.sort_unstable();
     names.dedup();
     let mut lists: Vec<(&str, Vec<&str>)> = Vec::with_capacity(names.len());
-    for name in &names {
+    for name in names {
         let values = identities
             .get(name)
             .map(|v| usable_values(v))
@@ -69,7 +86,7 @@ pub(crate) fn render_all(template: &str, identities: &Identities) -> Vec<String>
         if values.is_empty() {
             return Vec::new();
         }
-        lists.push((name.as_str(), values));
+        lists.push((name, values));
     }
     let mut combinations: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new()];
     for (name, values) in &lists {
@@ -77,23 +94,17 @@ pub(crate) fn render_all(template: &str, identities: &Identities) -> Vec<String>
         for combination in &combinations {
             for value in values {
                 let mut extended = combination.clone();
-                extended.insert(name, value);
+                extended.insert(*name, *value);
                 next.push(extended);
             }
         }
         combinations = next;
         if combinations.len() > MAX_VALUES {
-            // Refused by the caller, which sees more renderings than it accepts.
+            // Refused by the caller, which sees more combinations than it accepts.
             break;
         }
     }
-    let mut rendered: Vec<String> = combinations
-        .iter()
-        .filter_map(|values| render(template, values))
-        .collect();
-    rendered.sort();
-    rendered.dedup();
-    rendered
+    combinations
 }
 
 /// The error of a task that names more values than [`MAX_VALUES`].

@@ -13,9 +13,14 @@ use serde::Deserialize;
 
 use crate::ids::StoreName;
 
+mod http;
 mod normalize;
 mod tenancy;
 
+pub use http::{
+    Action, BodyEncoding, FieldCheck, FlagRequests, HttpAuth, HttpStore, Lookup, MAX_PAGES,
+    Pagination, RECORD_ID, Rectify, RequestSpec,
+};
 pub use normalize::{Matching, Normalization};
 pub use tenancy::{Scope, TENANT_PLACEHOLDER};
 
@@ -52,6 +57,8 @@ pub enum Store {
     Redis(RedisStore),
     /// An S3 bucket.
     S3(S3Store),
+    /// A processor reached over its HTTP API.
+    Http(Box<HttpStore>),
 }
 
 /// A relational store.
@@ -287,6 +294,10 @@ impl DataMap {
                     s3.matching = matching.clone();
                     s3.scope = scope;
                 }
+                Store::Http(http) => {
+                    http.matching = matching.clone();
+                    http.scope = scope;
+                }
             }
         }
         let problems = map.problems();
@@ -384,6 +395,9 @@ impl DataMap {
                         check_template(&mut problems, &place, template, true, &mut check_identity);
                     }
                 }
+                Store::Http(http) => {
+                    problems.extend(http::problems(name.as_str(), http, &mut check_identity));
+                }
             }
         }
         problems.extend(self.tenancy_problems());
@@ -472,8 +486,13 @@ impl DataMap {
 
     /// Every rectifiable field name, across stores.
     pub fn rectifiable_fields(&self) -> BTreeSet<&str> {
+        let processors = self.stores.values().filter_map(|store| match store {
+            Store::Http(http) => http.rectify.as_ref(),
+            _ => None,
+        });
         self.sql_collections()
             .flat_map(|(_, c)| c.rectify.keys().map(String::as_str))
+            .chain(processors.flat_map(|r| r.fields.keys().map(String::as_str)))
             .collect()
     }
 }

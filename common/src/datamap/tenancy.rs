@@ -149,6 +149,16 @@ impl DataMap {
                     redis.keys.iter().map(|t| ("keys", t)).collect()
                 }
                 Store::S3(s3) => s3.prefixes.iter().map(|t| ("prefixes", t)).collect(),
+                // The lookup finds the records every other request of a processor acts on.
+                Store::Http(http) => std::iter::once(("resolve.path", &http.resolve.request.path))
+                    .chain(
+                        http.resolve
+                            .request
+                            .query
+                            .values()
+                            .map(|t| ("resolve.query", t)),
+                    )
+                    .collect(),
             };
             for (field, template) in templates {
                 let names = placeholders(template).unwrap_or_default();

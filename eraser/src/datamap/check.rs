@@ -236,6 +236,7 @@ fn needs_of(map: &DataMap, place: &str) -> Vec<String> {
             Store::Redis(_) | Store::S3(_) => {
                 lethe_common::datamap::placeholders(rest).unwrap_or_default()
             }
+            Store::Http(http) => http.search_kinds().into_iter().collect(),
         };
     }
     Vec::new()

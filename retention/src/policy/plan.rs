@@ -95,6 +95,6 @@ fn has_log_tables(store: &lethe_common::datamap::Store) -> bool {
     use lethe_common::datamap::Store;
     match store {
         Store::Postgres(sql) | Store::Mysql(sql) => sql.collections.iter().any(|c| c.log.is_some()),
-        Store::Redis(_) | Store::S3(_) => false,
+        Store::Redis(_) | Store::S3(_) | Store::Http(_) => false,
     }
 }

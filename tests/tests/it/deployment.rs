@@ -95,16 +95,25 @@ fn settings_with(environment: &BTreeMap<String, String>) -> Settings {
         .unwrap_or_else(|e| panic!("the overrides {environment:?} do not fit: {e}"))
 }
 
-/// Every `url_env` the sample data map names, by store.
+/// Every `url_env` the sample data map names, by store, and the variables of a processor's
+/// `auth`.
 fn data_map_variables() -> BTreeSet<String> {
     let map: toml::Table = toml::from_str(lethe_tests::SAMPLE_DATAMAP).unwrap();
-    map["stores"]
-        .as_table()
-        .unwrap()
-        .values()
-        .filter_map(|store| store.get("url_env").and_then(|v| v.as_str()))
-        .map(str::to_owned)
-        .collect()
+    let stores: Vec<&toml::Value> = map["stores"].as_table().unwrap().values().collect();
+    let urls = stores
+        .iter()
+        .filter_map(|store| store.get("url_env").and_then(|v| v.as_str()));
+    let auth = stores
+        .iter()
+        .filter_map(|store| store.get("auth").and_then(|a| a.as_table()))
+        .flat_map(|auth| auth.values().filter_map(|v| v.as_table()))
+        .flat_map(|method| {
+            method
+                .iter()
+                .filter(|(key, _)| key.ends_with("_env"))
+                .filter_map(|(_, v)| v.as_str())
+        });
+    urls.chain(auth).map(str::to_owned).collect()
 }
 
 #[test]
@@ -254,6 +263,7 @@ fn every_variable_compose_sets_names_a_real_configuration_key_or_a_data_map_stor
                 "postgres",
                 5432,
             ),
+            (environment["PAYMENTS_API_URL"].clone(), "processor", 8090),
         ] {
             assert!(
                 url.contains(&format!("@{host}:{port}"))

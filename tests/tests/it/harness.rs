@@ -166,7 +166,10 @@ async fn the_sample_data_map_points_at_the_namespace() -> Result<()> {
 fn the_shipped_sample_data_map_is_valid() -> Result<()> {
     let map = DataMap::parse(SAMPLE_DATAMAP)?;
     let stores: Vec<String> = map.stores.keys().map(|s| s.to_string()).collect();
-    assert_eq!(stores, ["accounts", "chat", "files", "sessions"]);
+    assert_eq!(
+        stores,
+        ["accounts", "chat", "files", "payments", "sessions"]
+    );
     Ok(())
 }
 

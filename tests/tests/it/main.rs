@@ -27,6 +27,7 @@ mod incidents;
 mod matching;
 mod openapi;
 mod privacy;
+mod processor;
 mod retention;
 mod sample;
 mod ssrf;
