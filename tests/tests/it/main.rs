@@ -6,6 +6,7 @@
 
 mod api;
 mod backup;
+mod bench;
 mod chaos;
 mod closure;
 mod config_errors;
