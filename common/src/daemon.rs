@@ -81,6 +81,7 @@ impl WorkerDaemon {
             max_deliver: self.settings.nats.max_deliver,
             ack_wait: self.settings.nats.ack_wait,
             poll: poll_interval(mode),
+            batch_size: self.worker.batch_size,
         }
     }
 

@@ -168,6 +168,36 @@ impl Connector {
         }
     }
 
+    /// Erases every subject of `subjects` together, as [`Connector::erase`] erases one: in one
+    /// transaction of an SQL store (one statement per collection and step for them all), one
+    /// pipeline of Redis commands, S3 listings and deletions spread over the batch. The answer
+    /// holds one outcome per subject, in order, each what `erase` alone would report (a record
+    /// two subjects share is counted for the first). The outer error fails the batch as a
+    /// whole, nothing of it done: retry it in smaller batches (one subject's bad value fails
+    /// its batch) or, if [`Connector::reachable`] says the store is down, later.
+    pub async fn erase_batch(
+        &self,
+        subjects: &[&Identities],
+    ) -> Result<Vec<Result<TaskReport, TaskError>>, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.erase_batch(subjects).await,
+            Inner::Mysql(c) => c.erase_batch(subjects).await,
+            Inner::Redis(c) => c.erase_batch(subjects).await,
+            Inner::S3(c) => c.erase_batch(subjects).await,
+        }
+    }
+
+    /// Whether the store answers now: tells a store that is down from a batch that failed on
+    /// one of its subjects.
+    pub async fn reachable(&self) -> bool {
+        match &self.inner {
+            Inner::Postgres(c) => c.reachable().await,
+            Inner::Mysql(c) => c.reachable().await,
+            Inner::Redis(c) => c.reachable().await,
+            Inner::S3(c) => c.reachable().await,
+        }
+    }
+
     /// Sets the rectifiable fields named in `changes` (field name -> new value; `null` clears)
     /// on the subject's rows, in every collection that declares them. Fields this store does not
     /// declare are left to other stores. `counts` holds the rows changed per collection (rows

@@ -6,6 +6,7 @@
 
 mod api;
 mod backup;
+mod batching;
 mod bench;
 mod chaos;
 mod closure;
