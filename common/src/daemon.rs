@@ -94,12 +94,17 @@ impl WorkerDaemon {
     ) -> anyhow::Result<WorkerLoop<H>> {
         let name = self.publisher.names().durable_name(&durable);
         let consumer = self.consumer(durable).await?;
+        let mut settings = self.loop_settings(mode);
+        if !H::BATCHES {
+            // Each of its tasks takes a slot: a bigger pull would only hold tasks unstarted.
+            settings.batch_size = 1;
+        }
         Ok(WorkerLoop::new(
             name,
             consumer,
             handler,
             self.publisher.clone(),
-            self.loop_settings(mode),
+            settings,
         ))
     }
 

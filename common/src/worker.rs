@@ -63,6 +63,10 @@ pub trait Handler: Send + Sync + 'static {
         task: TaskMessage,
     ) -> impl Future<Output = Result<TaskReport, TaskError>> + Send;
 
+    /// Whether this handler carries out any tasks in batches: only then does its loop take
+    /// tasks `batch_size` at a time (see [`LoopSettings::batch_size`]).
+    const BATCHES: bool = false;
+
     /// Whether `task` may be carried out together with others of its [`TaskBatchKey`] by
     /// [`Handler::handle_batch`]. None by default.
     fn batches(&self, task: &TaskMessage) -> bool {

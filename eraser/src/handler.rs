@@ -223,6 +223,8 @@ impl Handler for Eraser {
         outcome
     }
 
+    const BATCHES: bool = true;
+
     /// Erasures are carried out in batches (see `batch`); every other kind one at a time.
     fn batches(&self, task: &TaskMessage) -> bool {
         task.task == TaskKind::Erase
