@@ -12,7 +12,7 @@ use chrono::Utc;
 use lethe_common::config::NatsSettings;
 use lethe_common::messages::{Event, Identities, TaskKind, TaskOutcome, TaskResult};
 use lethe_common::nats::{Durable, Names, Publisher, Traceparent};
-use lethe_common::worker::{Consume, Delivery, LoopSettings, Settle, WorkerLoop};
+use lethe_common::worker::{BatchKey, Consume, Delivery, LoopSettings, Settle, WorkerLoop};
 use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -100,23 +100,66 @@ impl Coordinator {
                 // How long one pull stays open; a result that arrives meanwhile is applied
                 // at once, not when the pull ends, since a request's next phase waits for it.
                 poll: Duration::from_secs(1),
+                batch_size: api.coordinator_batch_size.max(1),
             },
         )
     }
 
     /// Records `result` and moves its request on.
+    pub async fn apply(&self, result: &TaskResult) -> anyhow::Result<Applied> {
+        let mut tx = self.pool.begin().await?;
+        let applied = self.apply_in(&mut tx, result).await?;
+        tx.commit().await?;
+        if applied == Applied::Recorded {
+            self.outbox.wake();
+        }
+        Ok(applied)
+    }
+
+    /// Applies `results` in one ledger transaction, in the order of their requests (so two
+    /// coordinators lock requests in one order and never deadlock), each under the rules of
+    /// [`Coordinator::apply`]: the request's row lock, a result that is not current changes
+    /// nothing. All or nothing: an error rolls every one of them back.
+    pub async fn apply_all(
+        &self,
+        results: &[(&TaskResult, Option<Traceparent>)],
+    ) -> anyhow::Result<Vec<Applied>> {
+        let mut order: Vec<usize> = (0..results.len()).collect();
+        order.sort_by_key(|&i| results[i].0.request_id);
+        let mut applied = vec![Applied::Ignored; results.len()];
+        let mut tx = self.pool.begin().await?;
+        for index in order {
+            let (result, trace) = &results[index];
+            // Each result's step continues the trace of the task that reported it.
+            let span = tracing::info_span!("coordinator.result", request.id = %result.request_id);
+            if let Some(trace) = trace {
+                trace.make_parent_of(&span);
+            }
+            applied[index] = self.apply_in(&mut tx, result).instrument(span).await?;
+        }
+        tx.commit().await?;
+        if applied.contains(&Applied::Recorded) {
+            self.outbox.wake();
+        }
+        Ok(applied)
+    }
+
+    /// Records `result` in `tx` (which the caller commits) and moves its request on.
     #[tracing::instrument(name = "coordinator.apply", skip_all, fields(
         request.id = %result.request_id,
         task.kind = %result.task,
         task.store = result.store.as_ref().map_or("-", |s| s.as_str()),
     ))]
-    pub async fn apply(&self, result: &TaskResult) -> anyhow::Result<Applied> {
-        let mut tx = self.pool.begin().await?;
+    async fn apply_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        result: &TaskResult,
+    ) -> anyhow::Result<Applied> {
         let request: Option<RequestRow> = sqlx::query_as(&format!(
             "SELECT {REQUEST_COLUMNS} FROM request WHERE id = $1 FOR UPDATE"
         ))
         .bind(result.request_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(mut request) = request else {
             tracing::warn!(request.id = %result.request_id, "result for an unknown request; ignoring it");
@@ -129,7 +172,7 @@ impl Coordinator {
         .bind(result.request_id)
         .bind(result.task.as_str())
         .bind(&store)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let current = matches!(task, Some((TaskStatus::Queued, generation))
             if i64::from(generation) == i64::from(result.generation));
@@ -164,17 +207,11 @@ impl Coordinator {
                 .bind(deliveries)
                 .bind(&verified)
                 .bind(result.finished_at)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 if result.task == TaskKind::Assemble {
-                    record_export(
-                        &mut tx,
-                        request.id,
-                        report,
-                        result.finished_at,
-                        self.export_ttl,
-                    )
-                    .await?;
+                    record_export(tx, request.id, report, result.finished_at, self.export_ttl)
+                        .await?;
                 }
                 if result.task == TaskKind::Resolve {
                     let known = request.identities.as_ref().map(|j| &j.0);
@@ -186,13 +223,13 @@ impl Coordinator {
                         .bind(request.id)
                         .bind(Json(&merged))
                         .bind(Json(&record))
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                     request.identities = Some(Json(merged));
                     request.closure = Some(Json(record));
                 }
                 requests::audit(
-                    &mut tx,
+                    tx,
                     Some(request.tenant_id),
                     Some(request.id),
                     "task.done",
@@ -213,10 +250,10 @@ impl Coordinator {
                 .bind(deliveries)
                 .bind(&error)
                 .bind(result.finished_at)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 requests::audit(
-                    &mut tx,
+                    tx,
                     Some(request.tenant_id),
                     Some(request.id),
                     "task.failed",
@@ -228,16 +265,13 @@ impl Coordinator {
         };
 
         if request.status().is_terminal() {
-            tx.commit().await?;
             return Ok(Applied::Recorded);
         }
         if let Some(reason) = failure {
-            self.fail(&mut tx, &request, &reason).await?;
+            self.fail(tx, &request, &reason).await?;
         } else {
-            self.advance(&mut tx, &request).await?;
+            self.advance(tx, &request).await?;
         }
-        tx.commit().await?;
-        self.outbox.wake();
         Ok(Applied::Recorded)
     }
 
@@ -553,6 +587,43 @@ impl Coordinator {
 /// committed by the time the loop acknowledges the result.
 impl Consume for Coordinator {
     type Message = TaskResult;
+
+    /// Every result may share a batch: the results that have arrived are applied in one
+    /// ledger transaction.
+    fn batch_key(&self, _result: &TaskResult) -> Option<BatchKey> {
+        Some(BatchKey::new("results"))
+    }
+
+    /// Applies the batch in one transaction, acknowledged once it committed; if it cannot
+    /// commit (one result's error rolls back them all), each result is applied alone, so one
+    /// that cannot be applied is retried (and dead-lettered) alone.
+    async fn consume_batch(&self, items: Vec<(TaskResult, Delivery<'_>)>) -> Vec<Settle> {
+        let results: Vec<(&TaskResult, Option<Traceparent>)> = items
+            .iter()
+            .map(|(result, delivery)| (result, delivery.trace))
+            .collect();
+        match self.apply_all(&results).await {
+            Ok(applied) => applied
+                .into_iter()
+                .map(|applied| match applied {
+                    Applied::Recorded => Settle::Ack { outcome: "applied" },
+                    Applied::Ignored => Settle::Ack { outcome: "ignored" },
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(
+                    error = %format!("{error:#}"),
+                    batch.size = items.len(),
+                    "cannot apply a batch of results; applying them one by one"
+                );
+                let mut settles = Vec::with_capacity(items.len());
+                for (result, delivery) in items {
+                    settles.push(self.consume(result, &delivery).await);
+                }
+                settles
+            }
+        }
+    }
 
     async fn consume(&self, result: TaskResult, delivery: &Delivery<'_>) -> Settle {
         // The step continues the trace of the task that reported the result; the tasks it

@@ -34,6 +34,10 @@ pub struct ApiSettings {
     /// Results the coordinator applies at once.
     #[serde(default = "ApiSettings::default_coordinator_concurrency")]
     pub coordinator_concurrency: usize,
+    /// Most results the coordinator applies in one ledger transaction (only what has already
+    /// arrived; 1: one transaction per result).
+    #[serde(default = "ApiSettings::default_coordinator_batch_size")]
+    pub coordinator_batch_size: usize,
     /// Time a webhook endpoint has to answer.
     #[serde(
         default = "ApiSettings::default_webhook_timeout",
@@ -105,6 +109,9 @@ impl ApiSettings {
     fn default_coordinator_concurrency() -> usize {
         16
     }
+    fn default_coordinator_batch_size() -> usize {
+        64
+    }
     fn default_webhook_timeout() -> Duration {
         Duration::from_secs(10)
     }
@@ -128,6 +135,7 @@ impl Default for ApiSettings {
             receipt_signing_key: None,
             key_cache_ttl: Self::default_key_cache_ttl(),
             coordinator_concurrency: Self::default_coordinator_concurrency(),
+            coordinator_batch_size: Self::default_coordinator_batch_size(),
             webhook_timeout: Self::default_webhook_timeout(),
             export_link_ttl: Self::default_export_link_ttl(),
             export_ttl: Self::default_export_ttl(),

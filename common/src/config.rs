@@ -341,11 +341,20 @@ pub struct WorkerSettings {
     /// unacknowledged, so JetStream redelivers them.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Most tasks of one kind and store carried out together (the eraser: one store
+    /// transaction for them all); only what has already arrived is batched. 1: one at a time.
+    #[serde(default = "WorkerSettings::default_batch_size")]
+    pub batch_size: usize,
 }
 
 impl WorkerSettings {
     fn default_concurrency() -> usize {
         8
+    }
+
+    /// Tasks carried out together at most, unless the section says otherwise.
+    pub fn default_batch_size() -> usize {
+        64
     }
 
     /// The settings of a worker whose section is absent: operations on `127.0.0.1:<port>`,
@@ -356,14 +365,20 @@ impl WorkerSettings {
             stores: Vec::new(),
             concurrency: Self::default_concurrency(),
             drain_timeout: default_drain_timeout(),
+            batch_size: Self::default_batch_size(),
         }
     }
 
-    /// Refuses a concurrency of 0.
+    /// Refuses a concurrency or batch size of 0.
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if self.concurrency == 0 {
             return Err(ConfigError::Invalid(format!(
                 "{key}.concurrency: must be at least 1"
+            )));
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{key}.batch_size: must be at least 1"
             )));
         }
         Ok(())
@@ -484,6 +499,7 @@ impl Settings {
                 concurrency: Option<usize>,
                 #[serde(default, with = "humantime_serde")]
                 drain_timeout: Option<Duration>,
+                batch_size: Option<usize>,
             }
             let partial: Partial = self
                 .source
@@ -496,6 +512,7 @@ impl Settings {
                 stores: partial.stores,
                 concurrency: partial.concurrency.unwrap_or(defaults.concurrency),
                 drain_timeout: partial.drain_timeout.unwrap_or(defaults.drain_timeout),
+                batch_size: partial.batch_size.unwrap_or(defaults.batch_size),
             }
         } else {
             WorkerSettings::with_port(default_port)

@@ -81,6 +81,7 @@ impl WorkerDaemon {
             max_deliver: self.settings.nats.max_deliver,
             ack_wait: self.settings.nats.ack_wait,
             poll: poll_interval(mode),
+            batch_size: self.worker.batch_size,
         }
     }
 
@@ -93,12 +94,17 @@ impl WorkerDaemon {
     ) -> anyhow::Result<WorkerLoop<H>> {
         let name = self.publisher.names().durable_name(&durable);
         let consumer = self.consumer(durable).await?;
+        let mut settings = self.loop_settings(mode);
+        if !H::BATCHES {
+            // Each of its tasks takes a slot: a bigger pull would only hold tasks unstarted.
+            settings.batch_size = 1;
+        }
         Ok(WorkerLoop::new(
             name,
             consumer,
             handler,
             self.publisher.clone(),
-            self.loop_settings(mode),
+            settings,
         ))
     }
 

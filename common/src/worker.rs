@@ -27,7 +27,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -69,6 +69,59 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         task: TaskMessage,
     ) -> impl Future<Output = Result<TaskReport, TaskError>> + Send;
+
+    /// Whether this handler carries out any tasks in batches: only then does its loop take
+    /// tasks `batch_size` at a time (see [`LoopSettings::batch_size`]).
+    const BATCHES: bool = false;
+
+    /// Whether `task` may be carried out together with others of its [`TaskBatchKey`] by
+    /// [`Handler::handle_batch`]. None by default.
+    fn batches(&self, task: &TaskMessage) -> bool {
+        let _ = task;
+        false
+    }
+
+    /// Carries out `tasks`, all of one [`TaskBatchKey`], and answers one outcome per task, in
+    /// order: each exactly what [`Handler::handle`] would have answered for it alone. By
+    /// default one after the other.
+    fn handle_batch(
+        &self,
+        tasks: &[TaskMessage],
+    ) -> impl Future<Output = Vec<Result<TaskReport, TaskError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                outcomes.push(self.handle(task.clone()).await);
+            }
+            outcomes
+        }
+    }
+}
+
+/// What tasks must share to be carried out in one batch: the same kind in the same store,
+/// for the same tenant, with the same parameters (a rectification's changes, a dry run). The
+/// one place that decides which tasks may share a batch: a field that scopes or changes how a
+/// task is carried out belongs here, so such tasks never share one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskBatchKey {
+    kind: TaskKind,
+    store: Option<StoreName>,
+    /// The filing tenant: tenant-scoped stores confine a whole transaction to one tenant.
+    tenant: Option<String>,
+    /// The parameters as JSON text (a rectification's changes, `dry_run`).
+    params: String,
+}
+
+impl TaskBatchKey {
+    /// The key of `task`.
+    pub fn of(task: &TaskMessage) -> Self {
+        Self {
+            kind: task.task,
+            store: task.store.clone(),
+            tenant: task.tenant.clone(),
+            params: task.params.to_string(),
+        }
+    }
 }
 
 /// Consumes one kind of message for the loop: the workers' tasks, the coordinator's results.
@@ -87,6 +140,41 @@ pub trait Consume: Send + Sync + 'static {
         message: Self::Message,
         delivery: &Delivery<'_>,
     ) -> impl Future<Output = Settle> + Send;
+
+    /// Which messages may be consumed together by [`Consume::consume_batch`]: those with equal
+    /// keys. `None` (the default): this one alone.
+    fn batch_key(&self, message: &Self::Message) -> Option<BatchKey> {
+        let _ = message;
+        None
+    }
+
+    /// Consumes `messages` (all of one [`Consume::batch_key`]) and answers one [`Settle`] per
+    /// message, in order, under the same rule as [`Consume::consume`]: what must be durable
+    /// before a message's acknowledgement is durable when this returns. By default one after
+    /// the other.
+    fn consume_batch(
+        &self,
+        messages: Vec<(Self::Message, Delivery<'_>)>,
+    ) -> impl Future<Output = Vec<Settle>> + Send {
+        async move {
+            let mut settles = Vec::with_capacity(messages.len());
+            for (message, delivery) in messages {
+                settles.push(self.consume(message, &delivery).await);
+            }
+            settles
+        }
+    }
+}
+
+/// Groups messages a [`Consume`]r can consume together (see [`Consume::batch_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BatchKey(String);
+
+impl BatchKey {
+    /// The key `name`: messages with equal names share batches.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
 }
 
 /// What the loop reads of every message it consumes, for its span and metrics: ids only,
@@ -164,6 +252,9 @@ pub enum Settle {
     },
 }
 
+/// Yields to the runtime, with nothing new arrived, before a batch is taken as it is.
+const GATHER_YIELDS: u32 = 3;
+
 /// Whether the loop runs until shutdown or returns once the consumer has nothing left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunMode {
@@ -186,6 +277,10 @@ pub struct LoopSettings {
     pub ack_wait: Duration,
     /// How long one pull waits for tasks to arrive.
     pub poll: Duration,
+    /// Most messages consumed together (1: one at a time). Messages are batched only when
+    /// the [`Consume`]r gives them a [`Consume::batch_key`], and only from what has already
+    /// arrived: a batch is never waited for. A batch holds one of the `concurrency` slots.
+    pub batch_size: usize,
 }
 
 /// A consumer, a [`Consume`]r (for the workers, a [`Handler`]), and the rules above.
@@ -248,7 +343,8 @@ impl<H: Consume> WorkerLoop<H> {
                 },
                 () = shutdown.cancelled() => break,
             };
-            let wanted = permits.available_permits() + 1;
+            let batch_size = self.settings.batch_size.max(1);
+            let wanted = (permits.available_permits() + 1) * batch_size;
             let batch = self
                 .consumer
                 .batch()
@@ -268,13 +364,10 @@ impl<H: Consume> WorkerLoop<H> {
             let mut received = 0usize;
             let mut first = Some(first);
             let mut interrupted = None;
-            while let Some(message) = batch.next().await {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(error) => {
-                        interrupted = Some(error);
-                        break;
-                    }
+            let mut ended = false;
+            while !ended {
+                let Some(message) = batch.next().await else {
+                    break;
                 };
                 let permit = match first.take() {
                     Some(permit) => permit,
@@ -283,8 +376,54 @@ impl<H: Consume> WorkerLoop<H> {
                         Err(_) => break,
                     },
                 };
-                received += 1;
-                in_flight.spawn(context.clone().process(message, permit));
+                // What else has already arrived joins it, up to the batch size; nothing is
+                // waited for, so a lone message goes on at once. A few yields let the client
+                // hand over the rest of a burst it is still reading off the socket.
+                let mut arrived = vec![message];
+                let mut yields = 0;
+                while arrived.len() < batch_size {
+                    match batch.next().now_or_never() {
+                        Some(Some(message)) => {
+                            arrived.push(message);
+                            yields = 0;
+                        }
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None if yields < GATHER_YIELDS => {
+                            yields += 1;
+                            tokio::task::yield_now().await;
+                        }
+                        None => break,
+                    }
+                }
+                let mut messages = Vec::with_capacity(arrived.len());
+                for message in arrived {
+                    match message {
+                        Ok(message) => messages.push(message),
+                        Err(error) => {
+                            // Logged (rate-limited) and backed off from after the batch.
+                            interrupted = Some(error);
+                            ended = true;
+                        }
+                    }
+                }
+                received += messages.len();
+                let mut groups = context.group(messages).await.into_iter();
+                let Some(group) = groups.next() else {
+                    drop(permit);
+                    continue;
+                };
+                in_flight.spawn(context.clone().process_group(group, permit));
+                for group in groups {
+                    match permits.clone().acquire_owned().await {
+                        Ok(permit) => {
+                            in_flight.spawn(context.clone().process_group(group, permit));
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
             drop(first);
             match interrupted {
@@ -357,8 +496,39 @@ struct TaskContext<H> {
     settings: LoopSettings,
 }
 
+/// A message decoded for its [`Consume`]r, with what the loop read of its delivery.
+struct Decoded<M> {
+    message: Message,
+    body: M,
+    deliveries: u32,
+    trace: Option<Traceparent>,
+}
+
+/// A group of messages and the batch key they share (`None`: a message alone).
+type Keyed<M> = (Option<BatchKey>, Vec<Decoded<M>>);
+
 impl<H: Consume> TaskContext<H> {
-    async fn process(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
+    /// Decodes `messages` (dead-lettering those that do not decode) and groups them by their
+    /// batch key, in arrival order; a message without a key is a group of its own.
+    async fn group(&self, messages: Vec<Message>) -> Vec<Vec<Decoded<H::Message>>> {
+        let mut groups: Vec<Keyed<H::Message>> = Vec::new();
+        for message in messages {
+            let Some(decoded) = self.decode(message).await else {
+                continue;
+            };
+            let key = self.handler.batch_key(&decoded.body);
+            let joined = key
+                .as_ref()
+                .and_then(|key| groups.iter_mut().find(|(k, _)| k.as_ref() == Some(key)));
+            match joined {
+                Some((_, group)) => group.push(decoded),
+                None => groups.push((key, vec![decoded])),
+            }
+        }
+        groups.into_iter().map(|(_, group)| group).collect()
+    }
+
+    async fn decode(&self, message: Message) -> Option<Decoded<H::Message>> {
         let deliveries = message
             .info()
             .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
@@ -368,57 +538,138 @@ impl<H: Consume> TaskContext<H> {
             .as_ref()
             .and_then(|h| h.get(TRACEPARENT))
             .and_then(|v| v.as_str().parse::<Traceparent>().ok());
-        let task: H::Message = match serde_json::from_slice(&message.payload) {
-            Ok(task) => task,
+        match serde_json::from_slice(&message.payload) {
+            Ok(body) => Some(Decoded {
+                message,
+                body,
+                deliveries,
+                trace,
+            }),
             Err(error) => {
                 self.dead_letter(&message, &describe_decode_error(&error))
                     .await;
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// The span of one message: ids only.
+    fn span(&self, decoded: &Decoded<H::Message>) -> tracing::Span {
+        let task = &decoded.body;
         let span = tracing::info_span!(
             "task",
             consumer = %self.name,
             request.id = %task.request_id(),
             task.kind = %task.task_kind(),
             task.store = task.store().map_or("-", |s| s.as_str()),
-            delivery = deliveries,
-            trace.id = trace.map(|t| t.trace_id()).unwrap_or_default(),
+            delivery = decoded.deliveries,
+            trace.id = decoded.trace.map(|t| t.trace_id()).unwrap_or_default(),
         );
         // The task's span continues the trace of whoever queued it (the api's request or the
         // coordinator's step); the result it publishes carries the task span's own context.
-        if let Some(trace) = &trace {
+        if let Some(trace) = &decoded.trace {
             trace.make_parent_of(&span);
         }
-        self.process_task(message, task, deliveries, trace)
-            .instrument(span)
-            .await;
+        span
     }
 
-    async fn process_task(
-        &self,
-        message: Message,
-        task: H::Message,
-        deliveries: u32,
-        trace: Option<Traceparent>,
+    fn delivery(&self, decoded: &Decoded<H::Message>) -> Delivery<'_> {
+        Delivery {
+            count: decoded.deliveries,
+            last: i64::from(decoded.deliveries) >= self.settings.max_deliver,
+            trace: decoded.trace,
+            publisher: &self.publisher,
+        }
+    }
+
+    /// Consumes one group: alone, or as a batch when it holds more than one message.
+    async fn process_group(
+        self: Arc<Self>,
+        mut group: Vec<Decoded<H::Message>>,
+        _permit: OwnedSemaphorePermit,
     ) {
-        let kind = task.task_kind();
+        if group.len() > 1 {
+            self.process_batch(group).await;
+        } else if let Some(decoded) = group.pop() {
+            let span = self.span(&decoded);
+            self.process_task(decoded).instrument(span).await;
+        }
+    }
+
+    async fn process_task(&self, decoded: Decoded<H::Message>) {
+        let kind = decoded.body.task_kind();
         let started = Instant::now();
         // A guard, so the heartbeat also stops when this future is aborted at the drain
         // timeout: otherwise it would hold the lease of an abandoned task forever.
-        let heartbeat = heartbeat(&message, self.settings.ack_wait).drop_guard();
-        let delivery = Delivery {
-            count: deliveries,
-            last: i64::from(deliveries) >= self.settings.max_deliver,
-            trace,
-            publisher: &self.publisher,
-        };
-        let settle = self.handler.consume(task, &delivery).await;
+        let heartbeat = heartbeat(&decoded.message, self.settings.ack_wait).drop_guard();
+        let delivery = self.delivery(&decoded);
+        let settle = self.handler.consume(decoded.body, &delivery).await;
         drop(heartbeat);
+        self.settle(&decoded.message, settle, &delivery, kind, started.elapsed())
+            .await;
+    }
+
+    /// Consumes a group of messages together, then settles each under its own span.
+    async fn process_batch(&self, group: Vec<Decoded<H::Message>>) {
+        let size = group.len();
+        let batch_span = tracing::info_span!(
+            "tasks",
+            consumer = %self.name,
+            task.kind = %group[0].body.task_kind(),
+            task.store = group[0].body.store().map_or("-", |s| s.as_str()),
+            batch.size = size,
+        );
+        let started = Instant::now();
+        let heartbeats: Vec<_> = group
+            .iter()
+            .map(|d| heartbeat(&d.message, self.settings.ack_wait).drop_guard())
+            .collect();
+        let mut settled = Vec::with_capacity(size);
+        let mut items = Vec::with_capacity(size);
+        for decoded in group {
+            let span = self.span(&decoded);
+            let kind = decoded.body.task_kind();
+            let delivery = self.delivery(&decoded);
+            settled.push((decoded.message, span, kind, delivery.count, delivery.last));
+            items.push((decoded.body, delivery));
+        }
+        let settles = self
+            .handler
+            .consume_batch(items)
+            .instrument(batch_span.clone())
+            .await;
+        drop(heartbeats);
         let elapsed = started.elapsed();
+        if settles.len() != size {
+            // A consumer bug: what was not answered stays unacknowledged and comes back.
+            tracing::error!(parent: &batch_span, answered = settles.len(), batch.size = size, "a batch was not answered message by message");
+        }
+        for ((message, span, kind, count, last), settle) in settled.into_iter().zip(settles) {
+            let delivery = Delivery {
+                count,
+                last,
+                trace: None,
+                publisher: &self.publisher,
+            };
+            self.settle(&message, settle, &delivery, kind, elapsed)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    /// Maps what the consumer answered onto JetStream: ack, term, nak with a delay, or the
+    /// dead-letter stream on the last delivery.
+    async fn settle(
+        &self,
+        message: &Message,
+        settle: Settle,
+        delivery: &Delivery<'_>,
+        kind: TaskKind,
+        elapsed: Duration,
+    ) {
+        let deliveries = delivery.count;
         metrics::histogram!("lethe_task_duration_seconds", "consumer" => self.name.clone(), "kind" => kind.as_str())
             .record(elapsed.as_secs_f64());
-
         let (ack, label) = match settle {
             Settle::Ack { outcome } => (AckKind::Ack, outcome),
             Settle::Term { outcome } => (AckKind::Term, outcome),
@@ -426,7 +677,7 @@ impl<H: Consume> TaskContext<H> {
                 // JetStream would not deliver it again: keep it where an operator sees it.
                 tracing::error!(error = %format!("{error:#}"), "failed on its last delivery; moving it to the dead-letter stream");
                 self.dead_letter(
-                    &message,
+                    message,
                     &format!("not settled after {deliveries} deliveries"),
                 )
                 .await;
@@ -442,7 +693,7 @@ impl<H: Consume> TaskContext<H> {
                 (AckKind::Nak(Some(delay)), outcome)
             }
         };
-        self.acknowledge(&message, ack).await;
+        self.acknowledge(message, ack).await;
         metrics::counter!("lethe_tasks_total", "consumer" => self.name.clone(), "kind" => kind.as_str(), "outcome" => label).increment(1);
         tracing::info!(
             outcome = label,
@@ -504,76 +755,103 @@ impl<H: Handler> Consume for H {
 
     async fn consume(&self, task: TaskMessage, delivery: &Delivery<'_>) -> Settle {
         let outcome = self.handle(task.clone()).await;
-        let deliveries = delivery.count;
-        let (result, settle) = match outcome {
-            Ok(report) => (
-                Some(TaskOutcome::Done(report)),
-                Settle::Ack { outcome: "done" },
-            ),
-            Err(TaskError::Permanent { code, reason }) => {
-                tracing::warn!(code, reason = %reason, "task cannot succeed; reporting it failed");
+        report(&task, outcome, delivery).await
+    }
+
+    fn batch_key(&self, task: &TaskMessage) -> Option<BatchKey> {
+        self.batches(task)
+            .then(|| BatchKey::new(format!("{:?}", TaskBatchKey::of(task))))
+    }
+
+    /// Carries the tasks out together, then publishes every result at once (each task is
+    /// acknowledged only once its own result is stored, as for one task).
+    async fn consume_batch(&self, items: Vec<(TaskMessage, Delivery<'_>)>) -> Vec<Settle> {
+        let tasks: Vec<TaskMessage> = items.iter().map(|(task, _)| task.clone()).collect();
+        let outcomes = self.handle_batch(&tasks).await;
+        let reports = items
+            .iter()
+            .zip(outcomes)
+            .map(|((task, delivery), outcome)| report(task, outcome, delivery));
+        futures::future::join_all(reports).await
+    }
+}
+
+/// Publishes what handling `task` came to (unless it is to be retried) and says how to settle
+/// the task: acknowledged once its result is stored, retried when it cannot be.
+async fn report(
+    task: &TaskMessage,
+    outcome: Result<TaskReport, TaskError>,
+    delivery: &Delivery<'_>,
+) -> Settle {
+    let deliveries = delivery.count;
+    let (result, settle) = match outcome {
+        Ok(report) => (
+            Some(TaskOutcome::Done(report)),
+            Settle::Ack { outcome: "done" },
+        ),
+        Err(TaskError::Permanent { code, reason }) => {
+            tracing::warn!(code, reason = %reason, "task cannot succeed; reporting it failed");
+            (
+                Some(TaskOutcome::Failed {
+                    code: code.to_owned(),
+                    reason,
+                }),
+                Settle::Term { outcome: "failed" },
+            )
+        }
+        Err(TaskError::Transient(error)) => {
+            if delivery.last {
+                tracing::error!(error = %format!("{error:#}"), "task failed on its last delivery; reporting it failed");
                 (
                     Some(TaskOutcome::Failed {
-                        code: code.to_owned(),
-                        reason,
+                        code: "retries_exhausted".to_owned(),
+                        reason: format!(
+                            "gave up after {deliveries} deliveries: {}",
+                            error_summary(&error)
+                        ),
                     }),
                     Settle::Term { outcome: "failed" },
                 )
-            }
-            Err(TaskError::Transient(error)) => {
-                if delivery.last {
-                    tracing::error!(error = %format!("{error:#}"), "task failed on its last delivery; reporting it failed");
-                    (
-                        Some(TaskOutcome::Failed {
-                            code: "retries_exhausted".to_owned(),
-                            reason: format!(
-                                "gave up after {deliveries} deliveries: {}",
-                                error_summary(&error)
-                            ),
-                        }),
-                        Settle::Term { outcome: "failed" },
-                    )
-                } else {
-                    let after = error
-                        .chain()
-                        .find_map(|e| e.downcast_ref::<RetryAfter>())
-                        .map(|r| r.0);
-                    (
-                        None,
-                        Settle::Retry {
-                            outcome: "retry",
-                            error,
-                            after,
-                        },
-                    )
-                }
-            }
-        };
-
-        if let Some(outcome) = result {
-            let result = TaskResult {
-                request_id: task.request_id,
-                task: task.task,
-                store: task.store.clone(),
-                generation: task.generation,
-                outcome,
-                deliveries,
-                finished_at: Utc::now(),
-            };
-            let child = delivery.trace.map(|t| t.child());
-            if let Err(error) = delivery.publisher.result(&result, child.as_ref()).await {
-                // The work is done but nobody knows: leave the task to be delivered again
-                // (the handler is idempotent) rather than acknowledge an unreported result.
-                return Settle::Retry {
-                    outcome: "unreported",
-                    error: anyhow::Error::new(error)
-                        .context("cannot publish the result; the task will be delivered again"),
-                    after: Some(Duration::from_secs(1)),
-                };
+            } else {
+                let after = error
+                    .chain()
+                    .find_map(|e| e.downcast_ref::<RetryAfter>())
+                    .map(|r| r.0);
+                (
+                    None,
+                    Settle::Retry {
+                        outcome: "retry",
+                        error,
+                        after,
+                    },
+                )
             }
         }
-        settle
+    };
+
+    if let Some(outcome) = result {
+        let result = TaskResult {
+            request_id: task.request_id,
+            task: task.task,
+            store: task.store.clone(),
+            generation: task.generation,
+            outcome,
+            deliveries,
+            finished_at: Utc::now(),
+        };
+        let child = delivery.trace.map(|t| t.child());
+        if let Err(error) = delivery.publisher.result(&result, child.as_ref()).await {
+            // The work is done but nobody knows: leave the task to be delivered again
+            // (the handler is idempotent) rather than acknowledge an unreported result.
+            return Settle::Retry {
+                outcome: "unreported",
+                error: anyhow::Error::new(error)
+                    .context("cannot publish the result; the task will be delivered again"),
+                after: Some(Duration::from_secs(1)),
+            };
+        }
     }
+    settle
 }
 
 /// Sends `Progress` for `message` at a third of `ack_wait` until the returned token is

@@ -51,13 +51,13 @@ impl Eraser {
         self.handled.load(Ordering::Relaxed)
     }
 
-    fn connector(&self, task: &TaskMessage) -> Result<&Connector, TaskError> {
+    pub(crate) fn connector(&self, task: &TaskMessage) -> Result<&Connector, TaskError> {
         lethe_common::worker::served_store(&self.stores, task, "eraser")
     }
 
     /// Refuses a task without identities or with identity names the data map does not declare
     /// (a name is echoed only when it looks like one, never a value put in its place).
-    fn check_identities(&self, identities: &Identities) -> Result<(), TaskError> {
+    pub(crate) fn check_identities(&self, identities: &Identities) -> Result<(), TaskError> {
         if identities.values().all(Vec::is_empty) {
             return Err(TaskError::Permanent {
                 code: "no_identities",
@@ -191,16 +191,21 @@ impl Eraser {
     }
 }
 
-impl Handler for Eraser {
-    async fn handle(&self, task: TaskMessage) -> Result<TaskReport, TaskError> {
-        let connector = self.connector(&task)?;
-        let outcome = self.carry_out(connector, &task).await;
+impl Eraser {
+    /// Counts a task that ended (done or failed for good) and logs what a done one did.
+    pub(crate) fn note(
+        &self,
+        connector: &Connector,
+        task: &TaskMessage,
+        outcome: &Result<TaskReport, TaskError>,
+    ) {
         if !matches!(outcome, Err(TaskError::Transient(_))) {
             self.handled.fetch_add(1, Ordering::Relaxed);
         }
-        if let Ok(report) = &outcome {
+        if let Ok(report) = outcome {
             let derived: usize = report.derived.values().map(Vec::len).sum();
             tracing::info!(
+                request.id = %task.request_id,
                 store = %connector.store(),
                 subject.tag = %self.subject_tag(&task.identities),
                 records = report.counts.values().sum::<u64>(),
@@ -211,7 +216,31 @@ impl Handler for Eraser {
                 "task carried out"
             );
         }
+    }
+}
+
+impl Handler for Eraser {
+    async fn handle(&self, task: TaskMessage) -> Result<TaskReport, TaskError> {
+        let connector = self.connector(&task)?;
+        let outcome = self.carry_out(connector, &task).await;
+        self.note(connector, &task, &outcome);
         outcome
+    }
+
+    const BATCHES: bool = true;
+
+    /// Erasures are carried out in batches (see `batch`); every other kind one at a time.
+    /// Real erasures in a store of a global deployment. A tenant-scoped store's tasks are not
+    /// batched yet (the batch statements carry no tenant condition), nor dry runs (they roll
+    /// back, so there is no commit to share).
+    fn batches(&self, task: &TaskMessage) -> bool {
+        task.task == TaskKind::Erase
+            && !task.dry_run()
+            && self.connector(task).is_ok_and(|c| !c.tenant_scoped())
+    }
+
+    async fn handle_batch(&self, tasks: &[TaskMessage]) -> Vec<Result<TaskReport, TaskError>> {
+        self.erase_together(tasks).await
     }
 }
 

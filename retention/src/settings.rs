@@ -73,6 +73,7 @@ impl RetentionSettings {
             stores: self.stores.clone(),
             concurrency: self.concurrency,
             drain_timeout: self.drain_timeout,
+            batch_size: 1,
         }
     }
 

@@ -160,6 +160,11 @@ impl Connector {
         }
     }
 
+    /// Whether the deployment confines this store's tasks to their tenant (`scope = "tenant"`).
+    pub fn tenant_scoped(&self) -> bool {
+        self.scope == Scope::Tenant
+    }
+
     /// The store's name.
     pub fn store(&self) -> &StoreName {
         &self.store
@@ -218,6 +223,48 @@ impl Connector {
             Inner::Redis(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
             Inner::S3(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
             Inner::Http(c) => c.erase(&with_tenant(identities, tenant), dry_run).await,
+        }
+    }
+
+    /// Erases every subject of `subjects` together, as [`Connector::erase`] erases one: in one
+    /// transaction of an SQL store (one statement per collection and step for them all), one
+    /// pipeline of Redis commands, S3 listings and deletions spread over the batch. The answer
+    /// holds one outcome per subject, in order, each what `erase` alone would report (a record
+    /// two subjects share is counted for the first). The outer error fails the batch as a
+    /// whole, nothing of it done: retry it in smaller batches (one subject's bad value fails
+    /// its batch) or, if [`Connector::reachable`] says the store is down, later. Batches are of
+    /// real erasures in a global deployment: tenant-scoped and dry-run tasks are carried out
+    /// one by one (see the eraser's `batches`).
+    pub async fn erase_batch(
+        &self,
+        subjects: &[&Identities],
+    ) -> Result<Vec<Result<TaskReport, TaskError>>, TaskError> {
+        match &self.inner {
+            Inner::Postgres(c) => c.erase_batch(subjects).await,
+            Inner::Mysql(c) => c.erase_batch(subjects).await,
+            Inner::Redis(c) => c.erase_batch(subjects).await,
+            Inner::S3(c) => c.erase_batch(subjects).await,
+            // A processor's API erases one customer at a time anyway.
+            Inner::Http(c) => {
+                let mut outcomes = Vec::with_capacity(subjects.len());
+                for identities in subjects {
+                    outcomes.push(c.erase(identities, false).await);
+                }
+                Ok(outcomes)
+            }
+        }
+    }
+
+    /// Whether the store answers now: tells a store that is down from a batch that failed on
+    /// one of its subjects.
+    pub async fn reachable(&self) -> bool {
+        match &self.inner {
+            Inner::Postgres(c) => c.reachable().await,
+            Inner::Mysql(c) => c.reachable().await,
+            Inner::Redis(c) => c.reachable().await,
+            Inner::S3(c) => c.reachable().await,
+            // Its failures are per request; a batch of one customer each is split to singles.
+            Inner::Http(_) => true,
         }
     }
 

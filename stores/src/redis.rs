@@ -16,7 +16,9 @@ use lethe_common::worker::TaskError;
 
 use crate::connection::RedisHandle;
 use crate::connector::{CollectSink, Flag};
-use crate::values::{MAX_VALUES, render_all, still_holds, too_many, usable_values, with_spellings};
+use crate::values::{
+    MAX_VALUES, Rendered, render_all, still_holds, too_many, usable_values, with_spellings,
+};
 
 /// A Redis store.
 pub(crate) struct RedisConnector {
@@ -498,4 +500,93 @@ fn scored(value: Value) -> Vec<(Json, Json)> {
         out.push((to_json(m), score(s)));
     }
     out
+}
+
+/// A batch of erasures: one atomic pipeline of `UNLINK`s for every subject of the batch (one
+/// per subject and template, so each subject's counts are its own, a key two subjects share
+/// counted for the first), then one pipeline of `EXISTS` to query them all again.
+impl RedisConnector {
+    pub(crate) async fn erase_batch(
+        &self,
+        subjects: &[&Identities],
+    ) -> Result<Vec<Result<TaskReport, TaskError>>, TaskError> {
+        // Per subject its keys per template, or its own error (too many keys).
+        let keyed: Vec<Result<Rendered, TaskError>> =
+            subjects.iter().map(|i| self.keys(i)).collect();
+        let commands: Vec<(usize, &String, &Vec<String>)> = keyed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_ref().ok().map(|k| (i, k)))
+            .flat_map(|(i, k)| {
+                k.iter()
+                    .filter(|(_, keys)| !keys.is_empty())
+                    .map(move |(template, keys)| (i, template, keys))
+            })
+            .collect();
+        let mut unlinked: Vec<u64> = Vec::new();
+        let mut left: Vec<u64> = Vec::new();
+        if !commands.is_empty() {
+            let mut connection = self.connection().await?;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (_, _, keys) in &commands {
+                pipe.cmd("UNLINK").arg(*keys);
+            }
+            unlinked = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error("unlinking keys", &e))?;
+            let mut pipe = redis::pipe();
+            for (_, _, keys) in &commands {
+                pipe.cmd("EXISTS").arg(*keys);
+            }
+            left = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error("verifying the erasure", &e))?;
+        }
+        let mut counts: Vec<BTreeMap<String, u64>> = keyed
+            .iter()
+            .map(|k| match k {
+                Ok(k) => k.iter().map(|(t, _)| (t.clone(), 0)).collect(),
+                Err(_) => BTreeMap::new(),
+            })
+            .collect();
+        let mut remaining: Vec<Vec<String>> = vec![Vec::new(); subjects.len()];
+        let mut remaining_total = vec![0u64; subjects.len()];
+        for (((subject, template, _), n), l) in commands.iter().zip(&unlinked).zip(&left) {
+            counts[*subject].insert((*template).clone(), *n);
+            if *l > 0 {
+                remaining[*subject].push(format!("{template}: {l}"));
+                remaining_total[*subject] += l;
+            }
+        }
+        Ok(keyed
+            .into_iter()
+            .zip(counts)
+            .zip(remaining.iter().zip(remaining_total))
+            .map(|((keyed, counts), (names, total))| {
+                keyed?;
+                if total > 0 {
+                    return Err(still_holds(&self.store, total, names));
+                }
+                Ok(TaskReport {
+                    counts,
+                    remaining: Some(0),
+                    ..TaskReport::default()
+                })
+            })
+            .collect())
+    }
+
+    /// Whether the server answers now.
+    pub(crate) async fn reachable(&self) -> bool {
+        match self.connection().await {
+            Ok(mut connection) => redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
 }

@@ -15,7 +15,9 @@ use lethe_common::s3::{ObjectVersion, TransferError};
 use lethe_common::worker::TaskError;
 
 use crate::connector::{CollectSink, SourceObject};
-use crate::values::{MAX_VALUES, render_all, still_holds, too_many, with_spellings};
+use crate::values::{
+    MAX_VALUES, Rendered, erased, render_all, still_holds, too_many, with_spellings,
+};
 
 /// An S3 bucket.
 pub(crate) struct S3Connector {
@@ -251,5 +253,117 @@ impl S3Connector {
             remaining: Some(0),
             ..TaskReport::default()
         })
+    }
+}
+
+/// Listings at once in a batch of erasures.
+const BATCH_LISTINGS: usize = 16;
+
+/// A batch of erasures: every subject's prefixes listed at once (a few at a time), the objects
+/// of all deleted together (1,000 per `DeleteObjects`), and the prefixes that held objects
+/// listed again. An object under two subjects' prefixes is counted for the first, as erasing
+/// them one after the other would.
+impl S3Connector {
+    pub(crate) async fn erase_batch(
+        &self,
+        subjects: &[&Identities],
+    ) -> Result<Vec<Result<TaskReport, TaskError>>, TaskError> {
+        let prefixed: Vec<Result<Rendered, TaskError>> =
+            subjects.iter().map(|i| self.prefixes(i)).collect();
+        let versioned = Box::pin(self.keeps_versions()).await?;
+        // (subject, template, prefix), in the order the single tasks would visit them.
+        let places: Vec<(usize, &String, &String)> = prefixed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
+            .flat_map(|(i, p)| {
+                p.iter().flat_map(move |(template, prefixes)| {
+                    prefixes.iter().map(move |p| (i, template, p))
+                })
+            })
+            .collect();
+        let prefixes: Vec<&String> = places.iter().map(|(_, _, prefix)| *prefix).collect();
+        let listed = self
+            .list_all(&prefixes, versioned, "listing objects")
+            .await?;
+        let mut seen: BTreeSet<(String, Option<String>)> = BTreeSet::new();
+        let mut doomed = Vec::new();
+        let mut counts: Vec<BTreeMap<String, u64>> = prefixed
+            .iter()
+            .map(|p| match p {
+                Ok(p) => p.iter().map(|(t, _)| (t.clone(), 0)).collect(),
+                Err(_) => BTreeMap::new(),
+            })
+            .collect();
+        let mut to_verify = Vec::new();
+        for ((subject, template, prefix), entries) in places.iter().zip(listed) {
+            // Every prefix that held objects is listed again, for each subject it is one of.
+            if !entries.is_empty() {
+                to_verify.push((*subject, *template, *prefix));
+            }
+            let mut fresh = 0u64;
+            for entry in entries {
+                if seen.insert((entry.key.clone(), entry.version_id.clone())) {
+                    fresh += 1;
+                    doomed.push(entry);
+                }
+            }
+            *counts[*subject].entry((*template).clone()).or_insert(0) += fresh;
+        }
+        if !doomed.is_empty() {
+            self.delete(&doomed).await?;
+        }
+        let prefixes: Vec<&String> = to_verify.iter().map(|(_, _, prefix)| *prefix).collect();
+        let left: Vec<u64> = self
+            .list_all(&prefixes, versioned, "verifying the erasure")
+            .await?
+            .iter()
+            .map(|entries| entries.len() as u64)
+            .collect();
+        let mut remaining: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); subjects.len()];
+        for ((subject, template, _), left) in to_verify.iter().zip(left) {
+            if left > 0 {
+                *remaining[*subject].entry((*template).clone()).or_insert(0) += left;
+            }
+        }
+        Ok(prefixed
+            .into_iter()
+            .zip(counts)
+            .zip(remaining)
+            .map(|((prefixed, counts), remaining)| {
+                prefixed?;
+                erased(&self.store, counts, &remaining)
+            })
+            .collect())
+    }
+
+    /// What is under each of `prefixes`, in order, listed a few at a time.
+    async fn list_all(
+        &self,
+        prefixes: &[&String],
+        versioned: bool,
+        action: &str,
+    ) -> Result<Vec<Vec<ObjectVersion>>, TaskError> {
+        let mut all = Vec::with_capacity(prefixes.len());
+        for chunk in prefixes.chunks(BATCH_LISTINGS) {
+            let mut listings = Vec::with_capacity(chunk.len());
+            for prefix in chunk {
+                listings.push(Box::pin(self.entries(prefix, versioned, action)));
+            }
+            for listed in futures::future::join_all(listings).await {
+                all.push(listed?);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Whether the bucket answers now.
+    pub(crate) async fn reachable(&self) -> bool {
+        self.client
+            .head_bucket()
+            .bucket(&self.spec.bucket)
+            .send()
+            .await
+            .is_ok()
     }
 }

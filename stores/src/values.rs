@@ -107,6 +107,32 @@ pub(crate) fn combinations<'a>(
     combinations
 }
 
+/// The report of an erasure that deleted or masked `counts`, or, when the query after it
+/// found records left (`remaining`, per collection), the transient failure that runs it again.
+pub(crate) fn erased(
+    store: &StoreName,
+    counts: std::collections::BTreeMap<String, u64>,
+    remaining: &std::collections::BTreeMap<String, u64>,
+) -> Result<lethe_common::messages::TaskReport, TaskError> {
+    let total: u64 = remaining.values().sum();
+    if total > 0 {
+        let names: Vec<String> = remaining
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        return Err(still_holds(store, total, &names));
+    }
+    Ok(lethe_common::messages::TaskReport {
+        counts,
+        remaining: Some(0),
+        ..Default::default()
+    })
+}
+
+/// Per template of the data map, its renderings for one subject (keys, prefixes).
+pub(crate) type Rendered = Vec<(String, Vec<String>)>;
+
 /// The error of a task that names more values than [`MAX_VALUES`].
 pub(crate) fn too_many(store: &StoreName, what: &str) -> TaskError {
     TaskError::Permanent {

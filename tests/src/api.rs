@@ -326,6 +326,7 @@ pub async fn run_driver(
             max_deliver: 3,
             ack_wait: Duration::from_secs(5),
             poll: Duration::from_millis(200),
+            batch_size: 1,
         },
     );
     let stop = CancellationToken::new();

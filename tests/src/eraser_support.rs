@@ -187,6 +187,14 @@ impl EraserBed {
     /// The eraser's settings: this bed's data map, NATS prefix and S3, the hash key, an
     /// ephemeral operations port, `concurrency` tasks at once.
     pub fn settings(&self, concurrency: usize) -> Result<Settings> {
+        self.settings_batched(
+            concurrency,
+            lethe_common::config::WorkerSettings::default_batch_size(),
+        )
+    }
+
+    /// [`EraserBed::settings`] with `batch_size` tasks carried out together at most.
+    pub fn settings_batched(&self, concurrency: usize, batch_size: usize) -> Result<Settings> {
         let s3 = &self.options.s3;
         let text = format!(
             r#"
@@ -209,6 +217,7 @@ secret_access_key = "{secret}"
 [eraser]
 listen = "127.0.0.1:0"
 concurrency = {concurrency}
+batch_size = {batch_size}
 "#,
             map = self.map_path.display(),
             nats = self.nats_url,
@@ -222,6 +231,11 @@ concurrency = {concurrency}
         let mut settings = Settings::from_toml(&text)?;
         settings.credentials = self.credentials.clone();
         Ok(settings)
+    }
+
+    /// The publisher the test plays the coordinator with (names, JetStream).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
 
     /// Publishes a task.

@@ -25,6 +25,7 @@ const DROP_CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Namespace {
     inner: Arc<Inner>,
     done: bool,
+    drop_timeout: Duration,
 }
 
 struct Inner {
@@ -53,7 +54,15 @@ impl Namespace {
                 resources: Mutex::default(),
             }),
             done: false,
+            drop_timeout: DROP_CLEANUP_TIMEOUT,
         })
+    }
+
+    /// How long a cleanup left to `Drop` may take (one minute unless set): a benchmark's
+    /// namespace of a few hundred thousand objects needs longer to empty its bucket.
+    pub fn with_drop_timeout(mut self, limit: Duration) -> Self {
+        self.drop_timeout = limit;
+        self
     }
 
     /// The namespace's name: `t` and ten lowercase hex digits.
@@ -241,7 +250,7 @@ impl Drop for Namespace {
             );
             return;
         }
-        match rx.recv_timeout(DROP_CLEANUP_TIMEOUT) {
+        match rx.recv_timeout(self.drop_timeout) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("namespace {}: cleanup failed: {e:#}", self.name()),
             Err(_) => eprintln!("namespace {}: cleanup timed out", self.name()),

@@ -21,15 +21,15 @@ use super::plan::{Plan, build_plan};
 use super::schema::{TableName, split_table};
 use super::session::{Backend, During, Failure, Fault, Session};
 use crate::connector::{CollectSink, Flag, SchemaCheck};
-use crate::values::{MAX_VALUES, still_holds, too_many};
+use crate::values::{MAX_VALUES, erased, too_many};
 
 /// A PostgreSQL or MariaDB store.
 pub(crate) struct SqlConnector<B> {
     pub(super) store: StoreName,
-    backend: B,
+    pub(super) backend: B,
     pub(super) collections: Vec<Collection>,
     matching: Matching,
-    hasher: IdentityHasher,
+    pub(super) hasher: IdentityHasher,
     plan: OnceCell<Arc<Plan>>,
 }
 
@@ -200,20 +200,7 @@ impl<B: Backend> SqlConnector<B> {
             .await
             .during("ending the verification", None)
             .map_err(|f| self.task_error(f))?;
-        let total: u64 = remaining.values().sum();
-        if total > 0 {
-            let names: Vec<String> = remaining
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(c, n)| format!("{c}: {n}"))
-                .collect();
-            return Err(still_holds(&self.store, total, &names));
-        }
-        Ok(TaskReport {
-            counts,
-            remaining: Some(0),
-            ..TaskReport::default()
-        })
+        erased(&self.store, counts, &remaining)
     }
 
     pub(crate) async fn rectify(
@@ -300,7 +287,7 @@ impl<B: Backend> SqlConnector<B> {
     }
 
     /// Checks the number of values a task names, before any statement is built.
-    fn check_size(&self, identities: &Identities) -> Result<(), TaskError> {
+    pub(super) fn check_size(&self, identities: &Identities) -> Result<(), TaskError> {
         let values: usize = identities.values().map(Vec::len).sum();
         if values > MAX_VALUES {
             return Err(too_many(&self.store, "identity values"));

@@ -7,13 +7,17 @@
 //! | `schema` | the live schema as the catalogs describe it |
 //! | `plan` | the data map checked against the live schema: names, types, deletion order |
 //! | `queries` | the statement of every step of every flow |
+//! | `batch_queries` | the statements of a batch of subjects, each row tagged with its subject |
 //! | `session` | what a backend provides: transactions, statements, catalogs, error classes |
 //! | `flows/` | resolve, erase, verify, collect, rectify, flags: which statements, in what order |
 //! | `connector` | one transaction per task around a flow; errors to retries or failures |
+//! | `connector_batch` | one transaction per batch of erasures |
 //! | `logs` | retention's batched deletion of old log rows |
 //! | `postgres`, `mysql` | the two backends |
 
+mod batch_queries;
 mod connector;
+mod connector_batch;
 mod dialect;
 mod flows;
 mod logs;

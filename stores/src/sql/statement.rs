@@ -44,6 +44,11 @@ impl Sql {
         }
     }
 
+    /// The dialect the statement is written in.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
         self.sql.push_str(text);
         self

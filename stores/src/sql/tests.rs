@@ -392,3 +392,45 @@ fn phones_are_compared_by_their_digits_against_every_spelling() {
         KeyValues::Texts(vec!["ada@example.com".into()])
     );
 }
+
+#[test]
+fn a_batch_deletes_with_one_statement_over_every_subject_and_tags_each_row_with_its_first_subject()
+{
+    use super::batch_queries::{Owners, delete_rows_owned};
+    use lethe_common::messages::Identities;
+    let plan = build_plan(
+        Dialect::Postgres,
+        &store(),
+        &collections(GOOD),
+        &Matching::default(),
+        &live(),
+    )
+    .unwrap_or_else(|p| panic!("{p:?}"));
+    let users = &plan.collections[0];
+    let subject = |email: &str| Identities::from([("email".to_owned(), vec![email.to_owned()])]);
+    let subjects = [
+        subject("A@example.com"),
+        Identities::from([("user_id".to_owned(), vec!["7".to_owned()])]),
+        subject("b@example.com"),
+        subject("a@example.com"),
+    ];
+    let owners = Owners::new(users, &subjects).unwrap_or_else(|| panic!("no owners"));
+    let statement = delete_rows_owned(Dialect::Postgres, users, &owners);
+    assert!(
+        statement.sql.ends_with(
+            r#"WHERE (lower("email") = ANY($1)) RETURNING CAST(CASE WHEN (lower("email") = ANY($2)) THEN 0 WHEN (lower("email") = ANY($3)) THEN 2 WHEN (lower("email") = ANY($4)) THEN 3 END AS text)"#
+        ),
+        "{}",
+        statement.sql
+    );
+    let texts = |v: &[&str]| Bind::Texts(v.iter().map(|s| (*s).to_owned()).collect());
+    assert_eq!(
+        statement.binds,
+        [
+            texts(&["a@example.com", "b@example.com"]),
+            texts(&["a@example.com"]),
+            texts(&["b@example.com"]),
+            texts(&["a@example.com"]),
+        ]
+    );
+}

@@ -589,7 +589,9 @@ async fn two_erasers_on_the_same_stores_share_the_work_without_erasing_anything_
     for t in &tasks {
         bed.publish(t).await?;
     }
-    let settings = bed.settings(1)?;
+    // Small batches: with the default size the first eraser would take each store's 20 tasks
+    // at once, leaving the second nothing to share.
+    let settings = bed.settings_batched(1, 4)?;
     let first = App::build(&settings, RunMode::UntilIdle).await?;
     let second = App::build(&settings, RunMode::UntilIdle).await?;
     let (first_eraser, second_eraser) = (first.eraser(), second.eraser());

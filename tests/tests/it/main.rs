@@ -7,6 +7,8 @@
 mod anchors;
 mod api;
 mod backup;
+mod batching;
+mod bench;
 mod chaos;
 mod closure;
 mod cluster;

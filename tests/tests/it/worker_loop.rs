@@ -71,6 +71,7 @@ impl Bench {
                 max_deliver: self.settings.nats.max_deliver,
                 ack_wait: self.settings.nats.ack_wait,
                 poll: Duration::from_millis(200),
+                batch_size: 1,
             },
         )
     }

@@ -90,7 +90,7 @@ pub(crate) async fn erase_in<S: Session>(
 /// Replaces each distinct old value of `column` among the subject's rows by its keyed hash:
 /// the distinct values are read, hashed here (the key never reaches the database), and written
 /// back by a join with the (old, new) pairs, a few hundred pairs per statement.
-async fn hash_column<S: Session>(
+pub(crate) async fn hash_column<S: Session>(
     session: &mut S,
     collection: &CollectionPlan,
     matcher: &Matcher,

@@ -4,6 +4,7 @@
 
 pub(crate) mod collect;
 pub(crate) mod erase;
+pub(crate) mod erase_batch;
 pub(crate) mod flags;
 pub(crate) mod rectify;
 pub(crate) mod resolve;

@@ -102,7 +102,7 @@ pub(crate) async fn expand<S: Session>(
 
 /// Every `(identity, column)` the data map names on `collection`: its `match` columns, then
 /// its `provides` columns.
-fn identity_columns(collection: &CollectionPlan) -> Vec<(&str, &str)> {
+pub(crate) fn identity_columns(collection: &CollectionPlan) -> Vec<(&str, &str)> {
     collection
         .matches
         .iter()
@@ -118,7 +118,7 @@ fn identity_columns(collection: &CollectionPlan) -> Vec<(&str, &str)> {
 
 /// Whether a row can yield an identity other than the one that found it: only then is the
 /// collection worth a statement.
-fn yields_others(columns: &[(&str, &str)]) -> bool {
+pub(crate) fn yields_others(columns: &[(&str, &str)]) -> bool {
     let kinds: BTreeSet<&str> = columns.iter().map(|(identity, _)| *identity).collect();
     kinds.len() > 1
 }

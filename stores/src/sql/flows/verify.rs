@@ -2,12 +2,25 @@
 
 use std::collections::BTreeMap;
 
+use lethe_common::datamap::Mask;
 use lethe_common::messages::Identities;
 
-use crate::sql::plan::{ErasePlan, Plan};
+use crate::sql::plan::{CollectionPlan, ErasePlan, Plan};
 use crate::sql::queries;
 use crate::sql::session::{During, Failure, Session};
 use crate::sql::statement::Matcher;
+
+/// What the verification counts in `collection`: `None` for nothing (retained, or masked
+/// without masks); rows still matching (`Some(None)`, deleted collections); rows whose masked
+/// columns do not hold what the masks write (`Some(Some(masks))`).
+pub(crate) fn what_to_verify(collection: &CollectionPlan) -> Option<Option<&[(String, Mask)]>> {
+    match &collection.erase {
+        ErasePlan::Retain => None,
+        ErasePlan::Mask(masks) if masks.is_empty() => None,
+        ErasePlan::Delete => Some(None),
+        ErasePlan::Mask(masks) => Some(Some(masks.as_slice())),
+    }
+}
 
 /// Matches left per collection: rows of `delete` collections still matching, rows of masked
 /// collections whose masked columns do not hold what the mask writes. Retained collections
@@ -21,11 +34,8 @@ pub(crate) async fn verify_in<S: Session>(
 ) -> Result<BTreeMap<String, u64>, Failure> {
     let mut remaining = BTreeMap::new();
     for collection in &plan.collections {
-        let unmasked = match &collection.erase {
-            ErasePlan::Retain => continue,
-            ErasePlan::Mask(masks) if masks.is_empty() => continue,
-            ErasePlan::Delete => None,
-            ErasePlan::Mask(masks) => Some(masks.as_slice()),
+        let Some(unmasked) = what_to_verify(collection) else {
+            continue;
         };
         let Some(matcher) = Matcher::new(collection, identities, tenant) else {
             continue;

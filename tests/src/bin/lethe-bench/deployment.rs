@@ -10,6 +10,10 @@ use sqlx::PgPool;
 
 use crate::report::{Percentiles, percentiles};
 
+/// How long an interrupted benchmark may take to remove a namespace: emptying a bucket of a
+/// few hundred thousand sample objects takes minutes on the local S3 server.
+const INTERRUPTED_CLEANUP_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// A deployment in its own namespace: ledger, NATS prefix, configuration file, log directory.
 pub struct Deployment {
     ns: Namespace,
@@ -26,9 +30,27 @@ impl Deployment {
         env: Vec<(String, String)>,
         extra: &str,
     ) -> Result<Self> {
-        let ns = Namespace::create(services).await?;
+        let ns = Namespace::create(services)
+            .await?
+            .with_drop_timeout(INTERRUPTED_CLEANUP_TIMEOUT);
+        // The streams go with the namespace, also when the benchmark is interrupted (the
+        // namespace's `Drop` runs its hooks).
+        let prefix = ns.nats_prefix();
+        ns.on_cleanup(move |services| async move {
+            let names = lethe_common::nats::Names::new(&prefix)?;
+            let client = async_nats::connect(&services.nats_url).await?;
+            lethe_common::nats::deprovision(&async_nats::jetstream::new(client), &names)
+                .await
+                .ok();
+            Ok(())
+        });
         let ledger = ns.pg_database("ledger").await?;
         let dir = tempfile::tempdir()?;
+        eprintln!(
+            "deployment: namespace {}, files in {}",
+            ns.name(),
+            dir.path().display()
+        );
         let map = dir.path().join("datamap.toml");
         std::fs::write(&map, data_map)?;
         let config = dir.path().join("lethe.toml");
@@ -70,14 +92,10 @@ impl Deployment {
         .secret)
     }
 
+    /// Removes the namespace: ledger, streams, bucket. An interrupted benchmark leaves this
+    /// to the namespace's `Drop`, which does the same.
     pub async fn cleanup(self) -> Result<()> {
         self.pool.close().await;
-        if let Ok(client) = async_nats::connect(&self.ns.services().nats_url).await {
-            let names = lethe_common::nats::Names::new(&self.ns.nats_prefix())?;
-            lethe_common::nats::deprovision(&async_nats::jetstream::new(client), &names)
-                .await
-                .ok();
-        }
         self.ns.cleanup().await
     }
 }
@@ -146,7 +164,10 @@ pub struct SampleStores {
 impl SampleStores {
     /// Creates the sample stores (empty) in a new namespace.
     pub async fn create(services: &Services) -> Result<Self> {
-        let ns = Namespace::create(services).await?;
+        let ns = Namespace::create(services)
+            .await?
+            .with_drop_timeout(INTERRUPTED_CLEANUP_TIMEOUT);
+        eprintln!("sample stores: namespace {}", ns.name());
         let options = lethe_tests::sample_options(&ns).await?;
         let stores = lethe_sample::SampleStores::connect(&options).await?;
         Ok(Self {

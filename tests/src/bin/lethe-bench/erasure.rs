@@ -33,6 +33,10 @@ pub struct Run {
     /// Tasks each eraser handles at once per store.
     #[arg(long, default_value_t = 16)]
     eraser_concurrency: usize,
+    /// Erase tasks carried out together at most (`eraser.batch_size`), and results applied in
+    /// one ledger transaction (`api.coordinator_batch_size`); 1 turns batching off.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
     /// Leave this store out of the data map (repeatable): to see what the others sustain
     /// when one store's server is the limit.
     #[arg(long = "skip-store", value_name = "STORE")]
@@ -48,6 +52,7 @@ pub async fn run(run: Run) -> Result<()> {
         rate,
         erasers,
         eraser_concurrency,
+        batch_size,
         skip_stores,
     } = run;
     if burst + paced > subjects {
@@ -59,10 +64,16 @@ pub async fn run(run: Run) -> Result<()> {
     sample
         .seed(&lethe_sample::SeedOptions::new(subjects, seed))
         .await?;
-    let env = sample.env();
+    let mut env = sample.env();
+    env.push((
+        "LETHE__API__COORDINATOR_BATCH_SIZE".to_owned(),
+        batch_size.to_string(),
+    ));
     let map = without_stores(&sample.data_map()?, &skip_stores)?;
     let stores = 4 - skip_stores.len();
-    let extra = format!("[eraser]\nlisten = \"127.0.0.1:0\"\nconcurrency = {eraser_concurrency}\n");
+    let extra = format!(
+        "[eraser]\nlisten = \"127.0.0.1:0\"\nconcurrency = {eraser_concurrency}\nbatch_size = {batch_size}\n"
+    );
     let deployment = Deployment::new(&services, &map, env, &extra).await?;
     let api = deployment.start("lethe-api", "LETHE__API__LISTEN").await?;
     let mut eraser_processes = Vec::new();
@@ -112,7 +123,9 @@ pub async fn run(run: Run) -> Result<()> {
 
     table(&[
         (
-            format!("erasure burst, {stores} stores, {subjects} subjects, {erasers} eraser(s)"),
+            format!(
+                "erasure burst, {stores} stores, {subjects} subjects, {erasers} eraser(s), batches of {batch_size}"
+            ),
             count,
             span,
             throughput,

@@ -70,7 +70,42 @@ enum Bench {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    lethe_common::cli::report(run(Cli::parse()).await)
+    let cli = Cli::parse();
+    let mut bench = Box::pin(run(cli));
+    let signal = tokio::select! {
+        outcome = &mut bench => return lethe_common::cli::report(outcome),
+        signal = interrupted() => signal,
+    };
+    eprintln!(
+        "{signal}: stopping the daemons and removing the namespaces (a second signal exits at once)"
+    );
+    tokio::spawn(async {
+        interrupted().await;
+        std::process::exit(130);
+    });
+    // Dropping the benchmark kills the daemons it started (`DaemonProcess`'s `Drop`) and
+    // removes its namespaces: databases, streams, keys and buckets (`Namespace`'s `Drop`).
+    drop(bench);
+    std::process::ExitCode::from(130)
+}
+
+/// Resolves on SIGINT (Ctrl-C), SIGTERM (e.g. from `timeout`) or SIGHUP, naming it; never
+/// when the handlers cannot be installed.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("cannot install signal handlers: an interrupted benchmark leaves its namespace");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
 }
 
 async fn run(cli: Cli) -> Result<()> {
