@@ -21,6 +21,7 @@ use std::fmt;
 pub use keys::{sample_objects, sample_redis_keys};
 
 use crate::connection::StoreConnection;
+use crate::sql::Dialect;
 
 /// How many rows of each table are sampled.
 pub const SAMPLE_ROWS: u32 = 500;
@@ -199,6 +200,41 @@ pub async fn read_catalog(connection: &StoreConnection) -> Result<Catalog, Disco
 }
 
 /// Puts foreign keys and indexes read as rows `(table, name, column, ...)` together.
+/// The columns of `table` worth sampling (integer, text, UUID) and the query that reads their
+/// first [`SAMPLE_ROWS`] rows as text; `None` when it has no such column.
+fn sample_query(dialect: Dialect, table: &Table) -> Option<(Vec<usize>, String)> {
+    let sampled: Vec<usize> = (0..table.columns.len())
+        .filter(|i| {
+            matches!(
+                table.columns[*i].kind,
+                ColumnKind::Integer | ColumnKind::Text | ColumnKind::Uuid
+            )
+        })
+        .collect();
+    if sampled.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = sampled
+        .iter()
+        .map(|i| dialect.as_text(&dialect.ident(&table.columns[*i].name)))
+        .collect();
+    let query = format!(
+        "SELECT {} FROM {} LIMIT {SAMPLE_ROWS}",
+        list.join(", "),
+        dialect.ident(&table.name)
+    );
+    Some((sampled, query))
+}
+
+/// Files what [`sample_query`] read (`rows` rows; per sampled column its non-null values)
+/// under the sampled columns.
+fn file_samples(table: &mut Table, sampled: &[usize], rows: usize, values: Vec<Vec<String>>) {
+    table.rows_sampled = rows;
+    for (slot, values) in values.into_iter().enumerate() {
+        table.columns[sampled[slot]].samples = values.into();
+    }
+}
+
 fn attach(
     tables: &mut [Table],
     foreign_keys: Vec<(String, ForeignKey)>,

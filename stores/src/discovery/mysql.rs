@@ -3,7 +3,7 @@
 
 use sqlx::{MySqlPool, Row as _};
 
-use super::{Catalog, Column, ColumnKind, DiscoveryError, ForeignKey, Index, SAMPLE_ROWS, Table};
+use super::{Catalog, Column, ColumnKind, DiscoveryError, ForeignKey, Index, Table};
 use crate::sql::Dialect;
 
 fn kind(data_type: &str, column_type: &str) -> ColumnKind {
@@ -153,39 +153,16 @@ pub(super) async fn read(pool: &MySqlPool) -> Result<Catalog, DiscoveryError> {
 /// Reads the first rows of `table`'s integer, text and UUID columns, as text.
 async fn sample(pool: &MySqlPool, table: &mut Table) -> Result<(), DiscoveryError> {
     let sql = |e: sqlx::Error| DiscoveryError::sql("sampling a MariaDB table", &e);
-    let sampled: Vec<usize> = (0..table.columns.len())
-        .filter(|i| {
-            matches!(
-                table.columns[*i].kind,
-                ColumnKind::Integer | ColumnKind::Text | ColumnKind::Uuid
-            )
-        })
-        .collect();
-    if sampled.is_empty() {
+    let Some((sampled, query)) = super::sample_query(Dialect::Mysql, table) else {
         return Ok(());
-    }
-    let dialect = Dialect::Mysql;
-    let list: Vec<String> = sampled
-        .iter()
-        .map(|i| dialect.as_text(&dialect.ident(&table.columns[*i].name)))
-        .collect();
-    let query = format!(
-        "SELECT {} FROM {} LIMIT {SAMPLE_ROWS}",
-        list.join(", "),
-        dialect.ident(&table.name)
-    );
+    };
     let rows = sqlx::query(&query).fetch_all(pool).await.map_err(sql)?;
-    table.rows_sampled = rows.len();
     let mut values: Vec<Vec<String>> = vec![Vec::new(); sampled.len()];
     for row in &rows {
         for (slot, values) in values.iter_mut().enumerate() {
-            if let Some(value) = row.try_get::<Option<String>, _>(slot).map_err(sql)? {
-                values.push(value);
-            }
+            values.extend(row.try_get::<Option<String>, _>(slot).map_err(sql)?);
         }
     }
-    for (slot, values) in values.into_iter().enumerate() {
-        table.columns[sampled[slot]].samples = values.into();
-    }
+    super::file_samples(table, &sampled, rows.len(), values);
     Ok(())
 }

@@ -691,10 +691,26 @@ async fn tampering_with_one_audit_event_is_detected_by_the_verify_command() {
         String::from_utf8_lossy(&intact.stderr)
     );
     assert!(String::from_utf8_lossy(&intact.stdout).contains("intact"));
-    sqlx::query("UPDATE audit_event SET detail = '{\"tasks\": 0}' WHERE chain_pos = 2")
-        .execute(&api.pool)
+    // The sealer gives events their place in the chain as it goes: wait for the second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_event WHERE chain_pos = 2")
+        .fetch_one(&api.pool)
         .await
-        .unwrap();
+        .unwrap()
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second event was never sealed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tampered =
+        sqlx::query("UPDATE audit_event SET detail = '{\"tasks\": 0}' WHERE chain_pos = 2")
+            .execute(&api.pool)
+            .await
+            .unwrap();
+    assert_eq!(tampered.rows_affected(), 1);
     let broken =
         crate::support::run_binary("lethe-api", &["--config", &config, "audit", "verify"], &[]);
 
