@@ -38,6 +38,9 @@ impl OutboxSignal {
 
 /// How often the relay looks at the outbox without being woken.
 const POLL: Duration = Duration::from_millis(500);
+/// The longest one batch may take, publishing and acknowledgements included (each
+/// acknowledgement has its own, shorter, timeout in the client).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Publishes the outbox to NATS.
 pub struct Relay {
@@ -69,7 +72,17 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            match self.relay_batch().await {
+            // A batch that hangs (a publish or its acknowledgement stuck while the cluster
+            // elects a leader, seen as a relay that stopped for good) is abandoned: its
+            // transaction rolls back and the rows go again, de-duplicated by message id.
+            let relayed = tokio::time::timeout(BATCH_TIMEOUT, self.relay_batch())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "a batch took longer than {BATCH_TIMEOUT:?}; abandoned"
+                    ))
+                });
+            match relayed {
                 Ok(relayed) => {
                     failures = 0;
                     if relayed as i64 == BATCH {

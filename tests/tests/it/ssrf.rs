@@ -251,7 +251,15 @@ async fn ssrf_a_redirect_from_an_allow_listed_endpoint_is_not_followed_and_a_url
     .execute(&api.pool)
     .await
     .unwrap();
-    let attempts = attempts_to(&api, &stale).await;
+    // The attempt is recorded first, then the delivery marked abandoned: wait for both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attempts = loop {
+        let attempts = attempts_to(&api, &stale).await;
+        if attempts[0].2 || Instant::now() >= deadline {
+            break attempts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     let (status, error, abandoned) = &attempts[0];
     assert_eq!(*status, None);
