@@ -967,7 +967,10 @@ async fn replay_redis(
                 output.await.unwrap_or_default()
             );
         }
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+        if let Ok(mut c) = client
+            .get_multiplexed_async_connection_with_config(&scratch_connection_config())
+            .await
+        {
             // PING answers LOADING until the RDB is loaded.
             if redis::cmd("PING")
                 .query_async::<String>(&mut c)
@@ -1009,4 +1012,10 @@ async fn replay_redis(
     let report = report?;
     saved.map_err(|e| anyhow::anyhow!("redis-server could not save the replayed RDB: {e}"))?;
     Ok(report)
+}
+
+/// The scratch server's connection: `SAVE` writes the whole replayed dataset to disk, which on a
+/// busy disk takes far longer than the client's default response timeout.
+fn scratch_connection_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(600)))
 }
