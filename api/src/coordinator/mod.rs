@@ -3,12 +3,14 @@
 //! request's row lock, so any number of api processes can consume results side by side, and a
 //! result delivered twice (or for an older generation of a task) changes nothing.
 
-use std::collections::BTreeMap;
+mod batch;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::Utc;
+use futures::{StreamExt as _, TryStreamExt as _};
 use lethe_common::config::NatsSettings;
 use lethe_common::messages::{Event, Identities, TaskKind, TaskOutcome, TaskResult};
 use lethe_common::nats::{Durable, Names, Publisher, Traceparent};
@@ -18,11 +20,13 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::Instrument as _;
 
+use self::batch::{Appends, Held, Locked};
+
 use crate::closure;
 use crate::model::{RequestKind, RequestStatus, TaskStatus};
 use crate::outbox::OutboxSignal;
-use crate::plan::{Phase, Planner};
-use crate::requests::{self, Outgoing, REQUEST_COLUMNS, RequestRow, TaskContext, store_key};
+use crate::plan::{Phase, PlannedTask, Planner};
+use crate::requests::{RequestRow, TaskContext, store_key};
 use crate::settings::ApiSettings;
 use crate::tenants::TenantNames;
 use crate::tombstones::Tombstones;
@@ -107,36 +111,55 @@ impl Coordinator {
 
     /// Records `result` and moves its request on.
     pub async fn apply(&self, result: &TaskResult) -> anyhow::Result<Applied> {
-        let mut tx = self.pool.begin().await?;
-        let applied = self.apply_in(&mut tx, result).await?;
-        tx.commit().await?;
-        if applied == Applied::Recorded {
-            self.outbox.wake();
-        }
-        Ok(applied)
+        let applied = self.apply_all(&[(result, None)]).await?;
+        Ok(applied.into_iter().next().unwrap_or(Applied::Ignored))
     }
 
-    /// Applies `results` in one ledger transaction, in the order of their requests (so two
-    /// coordinators lock requests in one order and never deadlock), each under the rules of
+    /// Applies `results` in one ledger transaction, each under the rules of
     /// [`Coordinator::apply`]: the request's row lock, a result that is not current changes
-    /// nothing. All or nothing: an error rolls every one of them back.
+    /// nothing. The requests are locked together in id order (so two coordinators never
+    /// deadlock) and read with their tasks once; the results are applied to that state in
+    /// arrival order, and what changed is written back with one statement per table (see
+    /// `batch`). Every tombstone of a change completed by the batch is written, several at a
+    /// time, before the transaction commits. All or nothing: an error rolls every one back.
     pub async fn apply_all(
         &self,
         results: &[(&TaskResult, Option<Traceparent>)],
     ) -> anyhow::Result<Vec<Applied>> {
-        let mut order: Vec<usize> = (0..results.len()).collect();
-        order.sort_by_key(|&i| results[i].0.request_id);
-        let mut applied = vec![Applied::Ignored; results.len()];
         let mut tx = self.pool.begin().await?;
-        for index in order {
-            let (result, trace) = &results[index];
-            // Each result's step continues the trace of the task that reported it.
-            let span = tracing::info_span!("coordinator.result", request.id = %result.request_id);
-            if let Some(trace) = trace {
-                trace.make_parent_of(&span);
-            }
-            applied[index] = self.apply_in(&mut tx, result).instrument(span).await?;
+        let ids: Vec<_> = results
+            .iter()
+            .map(|(result, _)| result.request_id)
+            .collect();
+        let mut locked = Locked::lock(&mut tx, &ids).await?;
+        let mut step = Step::default();
+        let mut applied = Vec::with_capacity(results.len());
+        for (result, trace) in results {
+            // Each result's step continues the trace of the task that reported it (a result
+            // applied alone already runs in its span).
+            let span = match trace {
+                Some(trace) => {
+                    let span =
+                        tracing::info_span!("coordinator.result", request.id = %result.request_id);
+                    trace.make_parent_of(&span);
+                    span
+                }
+                None => tracing::Span::current(),
+            };
+            let Some(held) = locked.get_mut(result.request_id) else {
+                tracing::warn!(request.id = %result.request_id, "result for an unknown request; ignoring it");
+                applied.push(Applied::Ignored);
+                continue;
+            };
+            applied.push(
+                self.apply_in(&mut tx, held, &mut step, result)
+                    .instrument(span)
+                    .await?,
+            );
         }
+        self.write_tombstones(std::mem::take(&mut step.tombstones))
+            .await?;
+        batch::flush(&mut tx, &locked, step.appends).await?;
         tx.commit().await?;
         if applied.contains(&Applied::Recorded) {
             self.outbox.wake();
@@ -144,7 +167,21 @@ impl Coordinator {
         Ok(applied)
     }
 
-    /// Records `result` in `tx` (which the caller commits) and moves its request on.
+    /// Writes the tombstones of the changes a batch completed, [`TOMBSTONE_WRITES`] at a time.
+    async fn write_tombstones(&self, completed: Vec<Completed>) -> anyhow::Result<()> {
+        let Some(tombstones) = &self.tombstones else {
+            return Ok(());
+        };
+        futures::stream::iter(completed)
+            .map(|done| async move { tombstones.write(&done.request, &done.tenant, done.at).await })
+            .buffer_unordered(TOMBSTONE_WRITES)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Records `result` in `held` (its request, locked) and moves the request on; `step`
+    /// gathers what to append. Queries the ledger only for what is rare (a tenant's name not
+    /// cached yet, an export, a webhook).
     #[tracing::instrument(name = "coordinator.apply", skip_all, fields(
         request.id = %result.request_id,
         task.kind = %result.task,
@@ -153,34 +190,26 @@ impl Coordinator {
     async fn apply_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
+        held: &mut Held,
+        step: &mut Step,
         result: &TaskResult,
     ) -> anyhow::Result<Applied> {
-        let request: Option<RequestRow> = sqlx::query_as(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM request WHERE id = $1 FOR UPDATE"
-        ))
-        .bind(result.request_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(mut request) = request else {
-            tracing::warn!(request.id = %result.request_id, "result for an unknown request; ignoring it");
+        let store = store_key(result.store.as_ref());
+        let request_id = held.row.id;
+        let tenant_id = held.row.tenant_id;
+        let Some(task) = held.task_mut(result.task.as_str(), &store) else {
             return Ok(Applied::Ignored);
         };
-        let store = store_key(result.store.as_ref());
-        let task: Option<(TaskStatus, i32)> = sqlx::query_as(
-            "SELECT status, generation FROM task WHERE request_id = $1 AND kind = $2 AND store = $3",
-        )
-        .bind(result.request_id)
-        .bind(result.task.as_str())
-        .bind(&store)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let current = matches!(task, Some((TaskStatus::Queued, generation))
-            if i64::from(generation) == i64::from(result.generation));
+        let current = task.status == TaskStatus::Queued
+            && i64::from(task.generation) == i64::from(result.generation);
         if !current {
             return Ok(Applied::Ignored);
         }
 
         let deliveries = i32::try_from(result.deliveries).unwrap_or(i32::MAX);
+        task.attempts = deliveries;
+        task.finished_at = Some(result.finished_at);
+        task.changed = true;
         let failure = match &result.outcome {
             TaskOutcome::Done(report) => {
                 let verified = match (result.task, report.remaining) {
@@ -189,88 +218,60 @@ impl Coordinator {
                     )),
                     _ => None,
                 };
-                sqlx::query(
-                    "UPDATE task SET status = $4, counts = $5, remaining = $6, attempts = $7,
-                         error = $8, finished_at = $9, updated_at = now()
-                     WHERE request_id = $1 AND kind = $2 AND store = $3",
-                )
-                .bind(result.request_id)
-                .bind(result.task.as_str())
-                .bind(&store)
-                .bind(if verified.is_some() { "failed" } else { "done" })
-                .bind(Json(&report.counts))
-                .bind(
-                    report
-                        .remaining
-                        .map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
-                )
-                .bind(deliveries)
-                .bind(&verified)
-                .bind(result.finished_at)
-                .execute(&mut **tx)
-                .await?;
+                task.status = if verified.is_some() {
+                    TaskStatus::Failed
+                } else {
+                    TaskStatus::Done
+                };
+                task.counts = Json(serde_json::to_value(&report.counts)?);
+                task.remaining = report
+                    .remaining
+                    .map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+                task.error = verified.clone();
                 if result.task == TaskKind::Assemble {
-                    record_export(tx, request.id, report, result.finished_at, self.export_ttl)
+                    record_export(tx, request_id, report, result.finished_at, self.export_ttl)
                         .await?;
                 }
                 if result.task == TaskKind::Resolve {
+                    let request = &mut held.row;
                     let known = request.identities.as_ref().map(|j| &j.0);
                     let found = closure::new_values(known, &report.derived);
                     let merged = merge(known, &report.derived);
                     let mut record = request.closure.take().map(|j| j.0).unwrap_or_default();
                     record.record(&store, report.counts.values().sum(), found, &merged);
-                    sqlx::query("UPDATE request SET identities = $2, closure = $3 WHERE id = $1")
-                        .bind(request.id)
-                        .bind(Json(&merged))
-                        .bind(Json(&record))
-                        .execute(&mut **tx)
-                        .await?;
                     request.identities = Some(Json(merged));
                     request.closure = Some(Json(record));
+                    held.changed = true;
                 }
-                requests::audit(
-                    tx,
-                    Some(request.tenant_id),
-                    Some(request.id),
+                step.appends.audit(
+                    Some(tenant_id),
+                    Some(request_id),
                     "task.done",
                     json!({ "task": result.task.as_str(), "store": store, "counts": report.counts, "remaining": report.remaining }),
-                )
-                .await?;
+                );
                 verified
             }
             TaskOutcome::Failed { code, reason } => {
                 let error = format!("{code}: {reason}");
-                sqlx::query(
-                    "UPDATE task SET status = 'failed', attempts = $4, error = $5, finished_at = $6, updated_at = now()
-                     WHERE request_id = $1 AND kind = $2 AND store = $3",
-                )
-                .bind(result.request_id)
-                .bind(result.task.as_str())
-                .bind(&store)
-                .bind(deliveries)
-                .bind(&error)
-                .bind(result.finished_at)
-                .execute(&mut **tx)
-                .await?;
-                requests::audit(
-                    tx,
-                    Some(request.tenant_id),
-                    Some(request.id),
+                task.status = TaskStatus::Failed;
+                task.error = Some(error.clone());
+                step.appends.audit(
+                    Some(tenant_id),
+                    Some(request_id),
                     "task.failed",
                     json!({ "task": result.task.as_str(), "store": store, "code": code }),
-                )
-                .await?;
+                );
                 Some(format!("store {store}: {error}"))
             }
         };
 
-        if request.status().is_terminal() {
+        if held.row.status().is_terminal() {
             return Ok(Applied::Recorded);
         }
         if let Some(reason) = failure {
-            self.fail(tx, &request, &reason).await?;
+            self.fail(held, step, &reason)?;
         } else {
-            self.advance(tx, &request).await?;
+            self.advance(tx, held, step).await?;
         }
         Ok(Applied::Recorded)
     }
@@ -279,36 +280,51 @@ impl Coordinator {
     async fn advance(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        request: &RequestRow,
+        held: &mut Held,
+        step: &mut Step,
     ) -> anyhow::Result<()> {
-        let phase = request.phase();
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM task WHERE request_id = $1 AND phase = $2 AND status <> 'done'",
-        )
-        .bind(request.id)
-        .bind(phase.as_str())
-        .fetch_one(&mut **tx)
-        .await?;
-        if open > 0 {
-            if request.status() == RequestStatus::Received {
-                sqlx::query(
-                    "UPDATE request SET status = 'in_progress', updated_at = now() WHERE id = $1",
-                )
-                .bind(request.id)
-                .execute(&mut **tx)
-                .await?;
+        let phase = held.row.phase();
+        if held.open_in(phase) > 0 {
+            if held.row.status() == RequestStatus::Received {
+                held.row.status = RequestStatus::InProgress;
+                held.changed = true;
             }
             return Ok(());
         }
-        if phase == Phase::Resolve && self.next_round(tx, request).await? {
+        if phase == Phase::Resolve && self.next_round(tx, held, step).await? {
             return Ok(());
         }
         let (next, tasks) = self
             .planner
-            .after(phase, request.kind(), &request.changed_fields());
+            .after(phase, held.row.kind(), &held.row.changed_fields());
         if next == Phase::Done {
-            return self.complete(tx, request).await;
+            return self.complete(tx, held, step).await;
         }
+        self.issue(tx, held, step, next, &tasks, 0).await?;
+        held.row.phase = next;
+        held.row.status = RequestStatus::InProgress;
+        held.changed = true;
+        step.appends.audit(
+            Some(held.row.tenant_id),
+            Some(held.row.id),
+            "request.phase",
+            json!({ "phase": next.as_str(), "tasks": tasks.len() }),
+        );
+        Ok(())
+    }
+
+    /// Queues `tasks` of `phase` with `generation` and their outgoing messages.
+    async fn issue(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        held: &mut Held,
+        step: &mut Step,
+        phase: Phase,
+        tasks: &[PlannedTask],
+        generation: i32,
+    ) -> anyhow::Result<()> {
+        held.queue(phase, tasks, generation);
+        let request = &held.row;
         let identities = request
             .identities
             .as_ref()
@@ -318,32 +334,19 @@ impl Coordinator {
             .traceparent
             .parse::<Traceparent>()
             .unwrap_or_else(|_| Traceparent::new_root());
-        requests::insert_tasks(tx, request.id, next, &tasks, 0).await?;
         let tenant = self.tenants.get(&mut **tx, request.tenant_id).await?;
-        let mut outgoing = Outgoing::default();
         let context = TaskContext {
             request: request.id,
             identities: &identities,
             tenant: &tenant,
             params: &request.params.0,
-            generation: 0,
+            generation: u32::try_from(generation).unwrap_or(0),
             trace: &trace,
         };
-        outgoing.tasks(&self.names, context, &tasks)?;
-        outgoing.write(tx).await?;
-        sqlx::query("UPDATE request SET phase = $2, status = 'in_progress', updated_at = now() WHERE id = $1")
-            .bind(request.id)
-            .bind(next.as_str())
-            .execute(&mut **tx)
-            .await?;
-        requests::audit(
-            tx,
-            Some(request.tenant_id),
-            Some(request.id),
-            "request.phase",
-            json!({ "phase": next.as_str(), "tasks": tasks.len() }),
-        )
-        .await?;
+        step.appends
+            .outgoing
+            .tasks(&self.names, context, tasks)
+            .map_err(|error| anyhow::anyhow!("cannot queue the tasks: {error}"))?;
         Ok(())
     }
 
@@ -353,9 +356,11 @@ impl Coordinator {
     async fn next_round(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        request: &RequestRow,
+        held: &mut Held,
+        step: &mut Step,
     ) -> anyhow::Result<bool> {
-        let mut record = request
+        let mut record = held
+            .row
             .closure
             .as_ref()
             .map(|j| j.0.clone())
@@ -363,11 +368,8 @@ impl Coordinator {
         let tasks = self.planner.next_round(&record.grown());
         if tasks.is_empty() {
             record.complete = true;
-            sqlx::query("UPDATE request SET closure = $2 WHERE id = $1")
-                .bind(request.id)
-                .bind(Json(&record))
-                .execute(&mut **tx)
-                .await?;
+            held.row.closure = Some(Json(record));
+            held.changed = true;
             return Ok(false);
         }
         let max = self.planner.max_rounds();
@@ -376,189 +378,102 @@ impl Coordinator {
                 "the identity closure still grew after {max} resolve rounds; \
                  nothing was erased or collected"
             );
-            self.fail(tx, request, &reason).await?;
+            self.fail(held, step, &reason)?;
             return Ok(true);
         }
-        let identities = request
+        let identities = held
+            .row
             .identities
             .as_ref()
             .map(|j| j.0.clone())
             .unwrap_or_default();
         // A store asked again gets a new generation: its earlier result is then no longer
         // current, and the new task is not dropped as a duplicate of the earlier one.
-        let generation: i32 = sqlx::query_scalar(
-            "SELECT COALESCE(max(generation) + 1, 0) FROM task WHERE request_id = $1 AND kind = 'resolve'",
-        )
-        .bind(request.id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let generation = u32::try_from(generation).unwrap_or(0);
+        let generation = held.next_generation(TaskKind::Resolve.as_str());
         record.begin_round(&self.planner, &identities, &tasks);
-        let trace = request
-            .traceparent
-            .parse::<Traceparent>()
-            .unwrap_or_else(|_| Traceparent::new_root());
-        requests::insert_tasks(tx, request.id, Phase::Resolve, &tasks, generation).await?;
-        let tenant = self.tenants.get(&mut **tx, request.tenant_id).await?;
-        let mut outgoing = Outgoing::default();
-        let context = TaskContext {
-            request: request.id,
-            identities: &identities,
-            tenant: &tenant,
-            params: &request.params.0,
-            generation,
-            trace: &trace,
-        };
-        outgoing.tasks(&self.names, context, &tasks)?;
-        outgoing.write(tx).await?;
-        sqlx::query(
-            "UPDATE request SET closure = $2, status = 'in_progress', updated_at = now() WHERE id = $1",
-        )
-        .bind(request.id)
-        .bind(Json(&record))
-        .execute(&mut **tx)
-        .await?;
-        requests::audit(
-            tx,
-            Some(request.tenant_id),
-            Some(request.id),
+        self.issue(tx, held, step, Phase::Resolve, &tasks, generation)
+            .await?;
+        let round = record.round();
+        held.row.closure = Some(Json(record));
+        held.row.status = RequestStatus::InProgress;
+        held.changed = true;
+        step.appends.audit(
+            Some(held.row.tenant_id),
+            Some(held.row.id),
             "request.resolve_round",
-            json!({ "round": record.round(), "tasks": tasks.len() }),
-        )
-        .await?;
+            json!({ "round": round, "tasks": tasks.len() }),
+        );
         Ok(true)
     }
 
     async fn complete(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        request: &RequestRow,
+        held: &mut Held,
+        step: &mut Step,
     ) -> anyhow::Result<()> {
         let now = Utc::now();
-        // Before the completion commits: a change is recorded completed only with its
-        // tombstone in the bucket (a failed write rolls back and the result comes again).
+        // A change is recorded completed only with its tombstone in the bucket: the batch
+        // writes it before it commits (a failed write rolls back and the result comes again).
         // A dry run changed nothing, so a restore has nothing to replay.
-        if let Some(tombstones) = self.tombstones.as_ref().filter(|_| !request.dry_run) {
-            let tenant = self.tenants.get(&mut **tx, request.tenant_id).await?;
-            tombstones.write(request, &tenant, now).await?;
+        if self.tombstones.is_some() && !held.row.dry_run {
+            let tenant = self.tenants.get(&mut **tx, held.row.tenant_id).await?;
+            step.tombstones.push(Completed {
+                request: held.row.clone(),
+                tenant,
+                at: now,
+            });
         }
         // Found: a resolve round found rows, or a task counted records (an export's `bytes`
         // are no records). A subject no store knows completes with `found = false`.
-        let counted: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM task, jsonb_each_text(task.counts) AS c(name, n)
-             WHERE task.request_id = $1 AND task.status = 'done' AND c.name <> 'bytes'
-               AND c.n ~ '^[0-9]+$' AND c.n::numeric > 0)",
-        )
-        .bind(request.id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let found = counted
-            || request
+        let found = held.counted()
+            || held
+                .row
                 .closure
                 .as_ref()
                 .is_some_and(|closure| closure.0.found_rows());
-        sqlx::query(
-            "UPDATE request SET status = 'completed', phase = 'done', completed_at = $2, found = $3, updated_at = now() WHERE id = $1",
-        )
-        .bind(request.id)
-        .bind(now)
-        .bind(found)
-        .execute(&mut **tx)
-        .await?;
-        if request.kind() == RequestKind::Erasure && !request.dry_run {
+        held.row.status = RequestStatus::Completed;
+        held.row.phase = Phase::Done;
+        held.row.completed_at = Some(now);
+        held.row.found = Some(found);
+        held.changed = true;
+        if held.row.kind() == RequestKind::Erasure && !held.row.dry_run {
             // The restore replay erases, after a restore, everyone recorded here after the
             // backup was taken. A dry run erased nothing: there is nothing to replay, and
             // without a record its identities are minimised as soon as it finished.
-            sqlx::query(
-                "INSERT INTO erasure_log (request_id, tenant_id, identities, identity_hash)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(request.id)
-            .bind(request.tenant_id)
-            .bind(request.identities.as_ref())
-            .bind(&request.identity_hash)
-            .execute(&mut **tx)
-            .await?;
+            step.appends.erasure(&held.row);
         }
-        self.finish(tx, request, RequestStatus::Completed, None, now)
+        self.finish(tx, held, step, RequestStatus::Completed, None, now)
             .await?;
-        let seconds = (now - request.received_at).num_milliseconds() as f64 / 1000.0;
-        metrics::histogram!("lethe_request_duration_seconds", "kind" => request.kind().as_str())
+        let seconds = (now - held.row.received_at).num_milliseconds() as f64 / 1000.0;
+        metrics::histogram!("lethe_request_duration_seconds", "kind" => held.row.kind().as_str())
             .record(seconds);
         Ok(())
     }
 
-    async fn fail(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        request: &RequestRow,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE request SET status = 'failed', phase = 'done', failure = $2, updated_at = now() WHERE id = $1",
-        )
-        .bind(request.id)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE task SET status = 'cancelled', updated_at = now() WHERE request_id = $1 AND status IN ('pending', 'queued')",
-        )
-        .bind(request.id)
-        .execute(&mut **tx)
-        .await?;
-        self.finish(tx, request, RequestStatus::Failed, Some(reason), Utc::now())
-            .await
+    fn fail(&self, held: &mut Held, step: &mut Step, reason: &str) -> anyhow::Result<()> {
+        held.row.status = RequestStatus::Failed;
+        held.row.phase = Phase::Done;
+        held.row.failure = Some(reason.to_owned());
+        held.changed = true;
+        held.cancel_open();
+        self.finish_appends(held, step, RequestStatus::Failed, Some(reason), Utc::now())
     }
 
     /// What every end of a request shares: audit event, outside event, webhook, metric.
     async fn finish(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        request: &RequestRow,
+        held: &Held,
+        step: &mut Step,
         status: RequestStatus,
         reason: Option<&str>,
         at: chrono::DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let event_kind = format!("request.{}", status.as_str());
-        let counts: Vec<(String, Json<BTreeMap<String, u64>>)> = sqlx::query_as(
-            "SELECT store, counts FROM task WHERE request_id = $1 AND status = 'done'",
-        )
-        .bind(request.id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-        for (store, per_collection) in counts {
-            // Records only: an export task also reports its `bytes`, which are no records.
-            *totals.entry(store).or_default() += per_collection
-                .0
-                .iter()
-                .filter(|(name, _)| name.as_str() != "bytes")
-                .map(|(_, count)| count)
-                .sum::<u64>();
-        }
-        requests::audit(
-            tx,
-            Some(request.tenant_id),
-            Some(request.id),
-            &event_kind,
-            json!({ "counts": totals, "reason": reason }),
-        )
-        .await?;
-        let mut outgoing = Outgoing::default();
-        outgoing.event(
-            &self.names,
-            &Event {
-                kind: event_kind.clone(),
-                request_id: Some(request.id),
-                tenant_id: Some(request.tenant_id),
-                counts: totals,
-                detail: reason.map(str::to_owned),
-                at,
-            },
-        )?;
-        outgoing.write(tx).await?;
+        self.finish_appends(held, step, status, reason, at)?;
+        let request = &held.row;
         if let Some(url) = &request.callback_url {
+            let event_kind = format!("request.{}", status.as_str());
             let payload = json!({
                 "event": event_kind,
                 "request_id": request.id,
@@ -578,9 +493,60 @@ impl Coordinator {
             .execute(&mut **tx)
             .await?;
         }
+        Ok(())
+    }
+
+    /// The audit event, outside event and metric of a request's end.
+    fn finish_appends(
+        &self,
+        held: &Held,
+        step: &mut Step,
+        status: RequestStatus,
+        reason: Option<&str>,
+        at: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let request = &held.row;
+        let event_kind = format!("request.{}", status.as_str());
+        // Records only: an export task also reports its `bytes`, which are no records.
+        let totals = held.totals();
+        step.appends.audit(
+            Some(request.tenant_id),
+            Some(request.id),
+            &event_kind,
+            json!({ "counts": totals, "reason": reason }),
+        );
+        let event = Event {
+            kind: event_kind,
+            request_id: Some(request.id),
+            tenant_id: Some(request.tenant_id),
+            counts: totals,
+            detail: reason.map(str::to_owned),
+            at,
+        };
+        step.appends
+            .outgoing
+            .event(&self.names, &event)
+            .map_err(|error| anyhow::anyhow!("cannot record the request's event: {error}"))?;
         metrics::counter!("lethe_requests_total", "kind" => request.kind().as_str(), "status" => status.as_str()).increment(1);
         Ok(())
     }
+}
+
+/// How many tombstones a batch writes at once.
+const TOMBSTONE_WRITES: usize = 16;
+
+/// A change completed by a batch, whose tombstone is written before the batch commits.
+struct Completed {
+    request: RequestRow,
+    tenant: String,
+    at: chrono::DateTime<Utc>,
+}
+
+/// What applying a batch gathers besides the state of its requests.
+#[derive(Default)]
+struct Step {
+    appends: Appends,
+    tombstones: Vec<Completed>,
 }
 
 /// The coordinator consumes results: each is applied in its own ledger transaction, which has
