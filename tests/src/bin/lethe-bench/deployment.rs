@@ -222,3 +222,35 @@ impl SampleStores {
             .context("while removing the seeded stores")
     }
 }
+
+/// Where the requests of run `run` spent their time, from the ledger: per store, from its task
+/// being queued to the worker finishing it; and the coordinator's turnaround, from a phase's
+/// last task finishing to the next phase's tasks being queued (or the request completing).
+pub async fn stage_timings(pool: &PgPool, run: &str) -> Result<Vec<(String, Percentiles)>> {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT t.kind || ' ' || t.store,
+                EXTRACT(EPOCH FROM (t.finished_at - t.created_at))::float8 * 1000
+         FROM task t JOIN request r ON r.id = t.request_id
+         WHERE r.reason = $1 AND t.finished_at IS NOT NULL
+         UNION ALL
+         SELECT 'coordinator turnaround',
+                EXTRACT(EPOCH FROM (COALESCE(
+                    (SELECT min(n.created_at) FROM task n
+                     WHERE n.request_id = p.request_id AND n.created_at > p.last),
+                    r.completed_at) - p.last))::float8 * 1000
+         FROM (SELECT request_id, phase, max(finished_at) AS last FROM task GROUP BY request_id, phase) p
+         JOIN request r ON r.id = p.request_id
+         WHERE r.reason = $1 AND p.last IS NOT NULL",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    let mut by_stage: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for (stage, ms) in rows {
+        by_stage.entry(stage).or_default().push(ms);
+    }
+    Ok(by_stage
+        .into_iter()
+        .map(|(stage, samples)| (stage, percentiles(samples)))
+        .collect())
+}

@@ -8,7 +8,7 @@ use lethe_tests::Services;
 use serde_json::json;
 
 use crate::cpu::Snapshot;
-use crate::deployment::{Deployment, SampleStores, ledger_timings, wait_finished};
+use crate::deployment::{Deployment, SampleStores, ledger_timings, stage_timings, wait_finished};
 use crate::intake::post_many;
 use crate::report::table;
 
@@ -142,6 +142,10 @@ pub async fn run(run: Run) -> Result<()> {
         ),
     ]);
     burst_cpu.1.print_since(&burst_cpu.0);
+    print_stages(
+        "Where the paced requests spent their time",
+        &stage_timings(&deployment.pool, "paced").await?,
+    );
     for (i, eraser) in eraser_processes.iter().enumerate() {
         println!(
             "eraser {i} peak RSS: {} MiB",
@@ -173,4 +177,17 @@ fn without_stores(map: &str, skip: &[String]) -> Result<String> {
         }
     }
     Ok(toml::to_string(&map)?)
+}
+
+/// Prints per-stage latency percentiles.
+fn print_stages(title: &str, stages: &[(String, crate::report::Percentiles)]) {
+    println!("\n{title}:\n");
+    println!("| stage | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (stage, p) in stages {
+        println!(
+            "| {stage} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            p.p50, p.p90, p.p99, p.max
+        );
+    }
 }

@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use lethe_tests::Services;
 use serde_json::json;
 
+use crate::cpu::Snapshot;
 use crate::deployment::Deployment;
 use crate::report::{percentiles, table};
 
@@ -75,6 +76,7 @@ pub async fn run(requests: u64, concurrency: usize) -> Result<()> {
     eprintln!("warming up (500 requests)");
     post_many(&base, &key, 500, concurrency, body).await?;
     eprintln!("intake: {requests} requests, {concurrency} in flight");
+    let before = Snapshot::take();
     let (latencies, wall) = post_many(&base, &key, requests, concurrency, move |i| {
         json!({"kind": "erasure", "subject": {"email": format!("bench-{}@example.com", i + 1_000_000)}})
     })
@@ -88,6 +90,7 @@ pub async fn run(requests: u64, concurrency: usize) -> Result<()> {
         "req/s",
         percentiles(latencies),
     )]);
+    Snapshot::take().print_since(&before);
     println!(
         "api peak RSS: {} MiB",
         api.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
