@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use lethe_common::datamap::S3Store;
 use lethe_common::ids::StoreName;
@@ -337,24 +338,22 @@ impl S3Connector {
             .collect())
     }
 
-    /// What is under each of `prefixes`, in order, listed a few at a time.
+    /// What is under each of `prefixes`, in order, [`BATCH_LISTINGS`] listings at a time.
     async fn list_all(
         &self,
         prefixes: &[&String],
         versioned: bool,
         action: &str,
     ) -> Result<Vec<Vec<ObjectVersion>>, TaskError> {
-        let mut all = Vec::with_capacity(prefixes.len());
-        for chunk in prefixes.chunks(BATCH_LISTINGS) {
-            let mut listings = Vec::with_capacity(chunk.len());
-            for prefix in chunk {
-                listings.push(Box::pin(self.entries(prefix, versioned, action)));
-            }
-            for listed in futures::future::join_all(listings).await {
-                all.push(listed?);
-            }
-        }
-        Ok(all)
+        // A new listing starts as soon as one ends (not chunk after chunk), in order.
+        let listings: Vec<_> = prefixes
+            .iter()
+            .map(|prefix| Box::pin(self.entries(prefix, versioned, action)))
+            .collect();
+        futures::stream::iter(listings)
+            .buffered(BATCH_LISTINGS)
+            .try_collect()
+            .await
     }
 
     /// Whether the bucket answers now.

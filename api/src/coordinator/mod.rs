@@ -196,7 +196,6 @@ impl Coordinator {
     ) -> anyhow::Result<Applied> {
         let store = store_key(result.store.as_ref());
         let request_id = held.row.id;
-        let tenant_id = held.row.tenant_id;
         let Some(task) = held.task_mut(result.task.as_str(), &store) else {
             return Ok(Applied::Ignored);
         };
@@ -243,9 +242,8 @@ impl Coordinator {
                     request.closure = Some(Json(record));
                     held.changed = true;
                 }
-                step.appends.audit(
-                    Some(tenant_id),
-                    Some(request_id),
+                step.audit(
+                    &held.row,
                     "task.done",
                     json!({ "task": result.task.as_str(), "store": store, "counts": report.counts, "remaining": report.remaining }),
                 );
@@ -255,9 +253,8 @@ impl Coordinator {
                 let error = format!("{code}: {reason}");
                 task.status = TaskStatus::Failed;
                 task.error = Some(error.clone());
-                step.appends.audit(
-                    Some(tenant_id),
-                    Some(request_id),
+                step.audit(
+                    &held.row,
                     "task.failed",
                     json!({ "task": result.task.as_str(), "store": store, "code": code }),
                 );
@@ -304,9 +301,8 @@ impl Coordinator {
         held.row.phase = next;
         held.row.status = RequestStatus::InProgress;
         held.changed = true;
-        step.appends.audit(
-            Some(held.row.tenant_id),
-            Some(held.row.id),
+        step.audit(
+            &held.row,
             "request.phase",
             json!({ "phase": next.as_str(), "tasks": tasks.len() }),
         );
@@ -397,9 +393,8 @@ impl Coordinator {
         held.row.closure = Some(Json(record));
         held.row.status = RequestStatus::InProgress;
         held.changed = true;
-        step.appends.audit(
-            Some(held.row.tenant_id),
-            Some(held.row.id),
+        step.audit(
+            &held.row,
             "request.resolve_round",
             json!({ "round": round, "tasks": tasks.len() }),
         );
@@ -509,9 +504,8 @@ impl Coordinator {
         let event_kind = format!("request.{}", status.as_str());
         // Records only: an export task also reports its `bytes`, which are no records.
         let totals = held.totals();
-        step.appends.audit(
-            Some(request.tenant_id),
-            Some(request.id),
+        step.audit(
+            request,
             &event_kind,
             json!({ "counts": totals, "reason": reason }),
         );
@@ -547,6 +541,14 @@ struct Completed {
 struct Step {
     appends: Appends,
     tombstones: Vec<Completed>,
+}
+
+impl Step {
+    /// An audit event of `request`.
+    fn audit(&mut self, request: &RequestRow, kind: &str, detail: serde_json::Value) {
+        self.appends
+            .audit(Some(request.tenant_id), Some(request.id), kind, detail);
+    }
 }
 
 /// The coordinator consumes results: each is applied in its own ledger transaction, which has

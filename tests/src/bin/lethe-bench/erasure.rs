@@ -27,9 +27,10 @@ pub struct Run {
     /// Offered rate of the latency run, requests per second.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
-    /// Eraser processes (each serving every store).
-    #[arg(long, default_value_t = 1)]
-    erasers: usize,
+    /// Eraser processes (each serving every store); repeat (`--erasers 1 --erasers 2`) to run
+    /// each count in turn on the same seeded stores, each on subjects not erased before.
+    #[arg(long, default_values_t = [1])]
+    erasers: Vec<usize>,
     /// Tasks each eraser handles at once per store.
     #[arg(long, default_value_t = 16)]
     eraser_concurrency: usize,
@@ -55,9 +56,6 @@ pub async fn run(run: Run) -> Result<()> {
         batch_size,
         skip_stores,
     } = run;
-    if burst + paced > subjects {
-        bail!("--burst plus --paced must not exceed --subjects");
-    }
     let services = Services::from_env();
     let sample = SampleStores::create(&services).await?;
     let seed = 1;
@@ -74,93 +72,101 @@ pub async fn run(run: Run) -> Result<()> {
     let extra = format!(
         "[eraser]\nlisten = \"127.0.0.1:0\"\nconcurrency = {eraser_concurrency}\nbatch_size = {batch_size}\n"
     );
-    let deployment = Deployment::new(&services, &map, env, &extra).await?;
-    let api = deployment.start("lethe-api", "LETHE__API__LISTEN").await?;
-    let mut eraser_processes = Vec::new();
-    for _ in 0..erasers {
-        eraser_processes.push(
-            deployment
-                .start("lethe-eraser", "LETHE__ERASER__LISTEN")
-                .await?,
-        );
+    let per_run = burst + paced;
+    if per_run * erasers.len() as u64 > subjects {
+        bail!("--burst plus --paced, once per --erasers count, must not exceed --subjects");
     }
-    let base = format!("http://{}", api.address);
-    let key = deployment.key().await?;
     let email = move |i: u64| lethe_sample::subject(seed, i).identities.email;
-
-    eprintln!("throughput: {burst} erasures at once");
-    let body = move |i: u64| json!({"kind": "erasure", "subject": {"email": email(i + 1)}, "reason": "burst"});
-    let before = Snapshot::take();
-    post_many(&base, &key, burst, 64, body).await?;
-    wait_finished(&deployment.pool, "burst", i64::try_from(burst)?).await?;
-    let burst_cpu = (before, Snapshot::take());
-    let (count, span, burst_latency) = ledger_timings(&deployment.pool, "burst").await?;
-    let throughput = count as f64 / span;
-
-    eprintln!("latency: {paced} erasures at {rate} per second");
-    let client = reqwest::Client::new();
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sends = tokio::task::JoinSet::new();
-    for i in 0..paced {
-        ticker.tick().await;
-        let request = client
-            .post(format!("{base}/v1/requests"))
-            .bearer_auth(&key)
-            .json(&json!({"kind": "erasure", "subject": {"email": email(burst + i + 1)}, "reason": "paced"}));
-        sends.spawn(async move { request.send().await.map(|r| r.status().as_u16()) });
-    }
-    while let Some(sent) = sends.join_next().await {
-        let status = sent??;
-        if status != 202 {
-            bail!("POST answered {status}");
+    // Each eraser count gets a deployment of its own and subjects nobody erased yet, so one
+    // seeding serves them all.
+    for (round, &count) in erasers.iter().enumerate() {
+        let first = round as u64 * per_run;
+        let deployment = Deployment::new(&services, &map, env.clone(), &extra).await?;
+        let api = deployment.start("lethe-api", "LETHE__API__LISTEN").await?;
+        let mut eraser_processes = Vec::new();
+        for _ in 0..count {
+            eraser_processes.push(
+                deployment
+                    .start("lethe-eraser", "LETHE__ERASER__LISTEN")
+                    .await?,
+            );
         }
-    }
-    wait_finished(&deployment.pool, "paced", i64::try_from(paced)?).await?;
-    let (paced_count, paced_span, paced_latency) =
-        ledger_timings(&deployment.pool, "paced").await?;
+        let base = format!("http://{}", api.address);
+        let key = deployment.key().await?;
 
-    table(&[
-        (
-            format!(
-                "erasure burst, {stores} stores, {subjects} subjects, {erasers} eraser(s), batches of {batch_size}"
+        eprintln!("throughput: {burst} erasures at once, {count} eraser(s)");
+        let body = move |i: u64| json!({"kind": "erasure", "subject": {"email": email(first + i + 1)}, "reason": "burst"});
+        let before = Snapshot::take();
+        post_many(&base, &key, burst, 64, body).await?;
+        wait_finished(&deployment.pool, "burst", i64::try_from(burst)?).await?;
+        let burst_cpu = (before, Snapshot::take());
+        let (burst_count, span, burst_latency) = ledger_timings(&deployment.pool, "burst").await?;
+
+        eprintln!("latency: {paced} erasures at {rate} per second");
+        let client = reqwest::Client::new();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..paced {
+            ticker.tick().await;
+            let request = client
+                .post(format!("{base}/v1/requests"))
+                .bearer_auth(&key)
+                .json(&json!({"kind": "erasure", "subject": {"email": email(first + burst + i + 1)}, "reason": "paced"}));
+            sends.spawn(async move { request.send().await.map(|r| r.status().as_u16()) });
+        }
+        while let Some(sent) = sends.join_next().await {
+            let status = sent??;
+            if status != 202 {
+                bail!("POST answered {status}");
+            }
+        }
+        wait_finished(&deployment.pool, "paced", i64::try_from(paced)?).await?;
+        let (paced_count, paced_span, paced_latency) =
+            ledger_timings(&deployment.pool, "paced").await?;
+
+        table(&[
+            (
+                format!(
+                    "erasure burst, {stores} stores, {subjects} subjects, {count} eraser(s), batches of {batch_size}"
+                ),
+                burst_count,
+                span,
+                burst_count as f64 / span,
+                "subjects/s",
+                burst_latency,
             ),
-            count,
-            span,
-            throughput,
-            "subjects/s",
-            burst_latency,
-        ),
-        (
-            format!("erasure at {rate:.0}/s offered, POST to completed"),
-            paced_count,
-            paced_span,
-            paced_count as f64 / paced_span,
-            "subjects/s",
-            paced_latency,
-        ),
-    ]);
-    burst_cpu.1.print_since(&burst_cpu.0);
-    print_stages(
-        "Where the paced requests spent their time",
-        &stage_timings(&deployment.pool, "paced").await?,
-    );
-    for (i, eraser) in eraser_processes.iter().enumerate() {
-        println!(
-            "eraser {i} peak RSS: {} MiB",
-            eraser.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
+            (
+                format!("erasure at {rate:.0}/s offered, {count} eraser(s), POST to completed"),
+                paced_count,
+                paced_span,
+                paced_count as f64 / paced_span,
+                "subjects/s",
+                paced_latency,
+            ),
+        ]);
+        burst_cpu.1.print_since(&burst_cpu.0);
+        print_stages(
+            "Where the paced requests spent their time",
+            &stage_timings(&deployment.pool, "paced").await?,
         );
+        for (i, eraser) in eraser_processes.iter().enumerate() {
+            println!(
+                "eraser {i} peak RSS: {} MiB",
+                eraser.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
+            );
+        }
+        println!(
+            "api peak RSS: {} MiB",
+            api.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
+        );
+        for eraser in eraser_processes {
+            eraser.stop()?;
+        }
+        api.stop()?;
+        deployment.cleanup().await?;
     }
-    println!(
-        "api peak RSS: {} MiB",
-        api.peak_rss_bytes().unwrap_or(0) / 1024 / 1024
-    );
-    for eraser in eraser_processes {
-        eraser.stop()?;
-    }
-    api.stop()?;
-    deployment.cleanup().await?;
     sample.cleanup().await
 }
 
