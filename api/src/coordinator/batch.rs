@@ -447,3 +447,148 @@ async fn write_erasures(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{RequestKind, RequestStatus};
+    use lethe_common::ids::StoreName;
+
+    fn task(kind: &str, store: &str, phase: Phase, status: TaskStatus, counts: Value) -> TaskRow {
+        TaskRow {
+            store: store.to_owned(),
+            kind: kind.to_owned(),
+            phase,
+            status,
+            generation: 0,
+            attempts: 1,
+            counts: Json(counts),
+            remaining: None,
+            error: None,
+            finished_at: None,
+            changed: false,
+        }
+    }
+
+    fn held(tasks: Vec<TaskRow>) -> Held {
+        let now = Utc::now();
+        Held {
+            row: RequestRow {
+                id: RequestId::new(),
+                tenant_id: TenantId::new(),
+                kind: RequestKind::Erasure,
+                status: RequestStatus::InProgress,
+                phase: Phase::Act,
+                identities: None,
+                identity_hash: String::new(),
+                params: Json(json!({})),
+                traceparent: String::new(),
+                callback_url: None,
+                failure: None,
+                received_at: now,
+                target_at: now,
+                due_at: now,
+                extended_at: None,
+                extension_reason: None,
+                completed_at: None,
+                closure: None,
+                found: None,
+                dry_run: false,
+            },
+            tasks,
+            changed: false,
+        }
+    }
+
+    #[test]
+    fn a_task_queued_again_gets_the_new_generation_and_keeps_what_it_counted() {
+        let mut failed = task(
+            "resolve",
+            "accounts",
+            Phase::Resolve,
+            TaskStatus::Failed,
+            json!({"users": 2}),
+        );
+        failed.error = Some("store_error: down".to_owned());
+        let mut held = held(vec![failed]);
+        let generation = held.next_generation("resolve");
+        held.queue(
+            Phase::Resolve,
+            &[PlannedTask {
+                kind: lethe_common::messages::TaskKind::Resolve,
+                store: Some(StoreName::try_from("accounts".to_owned()).unwrap()),
+            }],
+            generation,
+        );
+        let requeued = &held.tasks[0];
+        assert_eq!(
+            (
+                requeued.status,
+                requeued.generation,
+                requeued.error.as_deref()
+            ),
+            (TaskStatus::Queued, 1, None)
+        );
+        assert_eq!(requeued.counts.0, json!({"users": 2}));
+        assert!(requeued.changed);
+        assert_eq!(held.open_in(Phase::Resolve), 1);
+    }
+
+    #[test]
+    fn an_exports_bytes_are_no_records() {
+        let held = held(vec![
+            task(
+                "assemble",
+                "all",
+                Phase::Finalize,
+                TaskStatus::Done,
+                json!({"bytes": 4096}),
+            ),
+            task(
+                "erase",
+                "chat",
+                Phase::Act,
+                TaskStatus::Failed,
+                json!({"messages": 3}),
+            ),
+        ]);
+        assert!(!held.counted(), "bytes and failed tasks count nothing");
+        assert_eq!(held.totals(), BTreeMap::from([("all".to_owned(), 0)]));
+    }
+
+    #[test]
+    fn a_request_ending_cancels_only_what_has_not_run() {
+        let mut held = held(vec![
+            task(
+                "erase",
+                "chat",
+                Phase::Act,
+                TaskStatus::Done,
+                json!({"messages": 3}),
+            ),
+            task("erase", "files", Phase::Act, TaskStatus::Queued, json!({})),
+            task(
+                "erase",
+                "accounts",
+                Phase::ActLast,
+                TaskStatus::Pending,
+                json!({}),
+            ),
+        ]);
+        held.cancel_open();
+        let statuses: Vec<TaskStatus> = held.tasks.iter().map(|t| t.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                TaskStatus::Done,
+                TaskStatus::Cancelled,
+                TaskStatus::Cancelled
+            ]
+        );
+        assert!(held.counted());
+        assert_eq!(held.totals()["chat"], 3);
+    }
+}
