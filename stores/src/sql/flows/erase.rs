@@ -54,22 +54,7 @@ pub(crate) async fn erase_in<S: Session>(
             continue;
         }
 
-        for (column, _) in masks.iter().filter(|(_, m)| *m == Mask::Hash) {
-            hash_column(session, collection, &matcher, column, hasher).await?;
-        }
-        let others: Vec<(String, Mask)> = masks
-            .iter()
-            .filter(|(_, m)| *m != Mask::Hash)
-            .cloned()
-            .collect();
-        if !others.is_empty() {
-            session
-                .execute(&queries::mask_update(
-                    dialect, collection, &matcher, &others,
-                ))
-                .await
-                .during("masking rows", name)?;
-        }
+        mask_rows(session, collection, &matcher, masks, hasher).await?;
         counts.insert(collection.name.clone(), rows);
     }
 
@@ -85,6 +70,37 @@ pub(crate) async fn erase_in<S: Session>(
         counts.insert(collection.name.clone(), deleted);
     }
     Ok((identities, counts))
+}
+
+/// Masks the rows `matcher` finds: each `hash` column by [`hash_column`], the other masks in
+/// one statement.
+pub(crate) async fn mask_rows<S: Session>(
+    session: &mut S,
+    collection: &CollectionPlan,
+    matcher: &Matcher,
+    masks: &[(String, Mask)],
+    hasher: &IdentityHasher,
+) -> Result<(), Failure> {
+    for (column, _) in masks.iter().filter(|(_, m)| *m == Mask::Hash) {
+        hash_column(session, collection, matcher, column, hasher).await?;
+    }
+    let others: Vec<(String, Mask)> = masks
+        .iter()
+        .filter(|(_, m)| *m != Mask::Hash)
+        .cloned()
+        .collect();
+    if !others.is_empty() {
+        session
+            .execute(&queries::mask_update(
+                S::DIALECT,
+                collection,
+                matcher,
+                &others,
+            ))
+            .await
+            .during("masking rows", Some(&collection.name))?;
+    }
+    Ok(())
 }
 
 /// Replaces each distinct old value of `column` among the subject's rows by its keyed hash:

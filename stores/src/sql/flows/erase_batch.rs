@@ -7,16 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lethe_common::datamap::Mask;
 use lethe_common::messages::Identities;
 use lethe_common::privacy::IdentityHasher;
 
-use super::erase::hash_column;
+use super::erase::mask_rows;
 use super::resolve::{identity_columns, yields_others};
 use super::verify::what_to_verify;
 use crate::sql::batch_queries::{self, Owners, owner_of};
 use crate::sql::plan::{ErasePlan, Plan};
-use crate::sql::queries;
 use crate::sql::session::{During, Failure, Session};
 use crate::values::usable_values;
 
@@ -66,25 +64,7 @@ pub(crate) async fn erase_batch_in<S: Session>(
         if tags.is_empty() {
             continue;
         }
-        for (column, _) in masks.iter().filter(|(_, m)| *m == Mask::Hash) {
-            hash_column(session, collection, &owners.union, column, hasher).await?;
-        }
-        let others: Vec<(String, Mask)> = masks
-            .iter()
-            .filter(|(_, m)| *m != Mask::Hash)
-            .cloned()
-            .collect();
-        if !others.is_empty() {
-            session
-                .execute(&queries::mask_update(
-                    dialect,
-                    collection,
-                    &owners.union,
-                    &others,
-                ))
-                .await
-                .during("masking rows", name)?;
-        }
+        mask_rows(session, collection, &owners.union, masks, hasher).await?;
         tally(&mut counts, &collection.name, &tags);
     }
 
